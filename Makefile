@@ -1,0 +1,34 @@
+# localguard: `make test` and `make demo` work on a fresh machine (Linux or macOS).
+# pip's wheel cache is kept, so only the first build of llama-cpp-python takes minutes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo lint sysdeps clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@bash scripts/install_system_deps.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[test]'
+	@touch $@
+
+sysdeps:
+	@bash scripts/install_system_deps.sh
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/localguard run recipes/demo.toml --dry-run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,5 @@
+"""Runtime backends: everything that touches an ML framework lives below this package.
+
+Stages in localguard/ call these modules and never import mlx or llama_cpp themselves, so the
+framework-free parts test fast and another backend can be added without touching the stages.
+"""

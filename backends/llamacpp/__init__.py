@@ -1,0 +1,1 @@
+"""The llama.cpp backend: quantization and guarded generation on GGUF files."""

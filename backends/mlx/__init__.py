@@ -1,0 +1,1 @@
+"""The MLX backend: loading, hidden states, LoRA training, probes, heads and generation."""

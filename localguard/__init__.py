@@ -1,0 +1,3 @@
+"""localguard: safe local fine-tuning."""
+
+__version__ = "0.1.0"

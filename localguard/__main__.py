@@ -1,0 +1,5 @@
+"""`python -m localguard` runs the CLI."""
+
+from localguard.cli import main
+
+main()

@@ -1,0 +1,373 @@
+"""TOML recipes: a schema with defaults, types and ranges, and errors that say how to fix them.
+
+A recipe is data, never code. Every section and key is declared in SCHEMA; anything else is an
+error naming the file, the key path and the closest known key. Relative paths resolve against the
+recipe's folder; `--set` overrides from the command line resolve against the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localguard.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+STARTER_PREFIX = "starter:"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One recipe key: its kind ("str", "int", "float", "bool", "path", "model", "list[str]",
+    "list[int]"), default, allowed choices or range, and a one-line help."""
+
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    optional: bool = False
+
+
+def _f(kind: str, default: Any, help: str, **kw: Any) -> Field:
+    return Field(kind, default, help, **kw)
+
+
+QUANT_TYPES = (
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q6_K",
+    "Q5_K_M",
+    "Q5_K_S",
+    "Q5_0",
+    "Q5_1",
+    "Q4_K_M",
+    "Q4_K_S",
+    "Q4_0",
+    "Q4_1",
+    "Q3_K_L",
+    "Q3_K_M",
+    "Q3_K_S",
+    "Q2_K",
+    "IQ4_NL",
+    "IQ4_XS",
+)
+EVAL_SUITES = (
+    "direct",
+    "prefill",
+    "jailbreak",
+    "decoding",
+    "control_tokens",
+    "finetune_attack",
+    "over_refusal",
+    "utility",
+)
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "run": {
+        "name": _f("str", None, "run name (default: the recipe's file name)", optional=True),
+        "out": _f(
+            "path", None, "run folder (default: runs/NAME in the working directory)", optional=True
+        ),
+        "seed": _f("int", 0, "seed for every stage", low=0),
+    },
+    "model": {
+        "path": _f("model", "starter:demo", "base model: local folder, hub id or starter:SIZE"),
+        "revision": _f("str", None, "hub revision (branch, tag or commit)", optional=True),
+    },
+    "data": {
+        "train": _f("path", "starter:attack_10", "fine-tuning data (JSONL or starter:SPLIT)"),
+        "valid": _f("path", "starter:newskill_valid", "validation data for fine-tuning"),
+        "safety": _f(
+            "path", "starter:safety_conversations", "labeled conversations for the safety head"
+        ),
+        "prompts": _f("path", "starter:safety_prompts", "labeled prompts for the risk probe"),
+        "max_seq_length": _f(
+            "int", 512, "longest sample in tokens; longer ones are truncated", low=8, high=131072
+        ),
+    },
+    "probe": {
+        "enabled": _f("bool", True, "train the activation risk probe"),
+        "layers": _f("list[int]", [], "layers to read (empty: the middle third)"),
+        "valid_fraction": _f(
+            "float", 0.2, "share of prompts held out for AUROC", low=0.05, high=0.5
+        ),
+        "l2": _f("float", 1e-3, "L2 penalty of the logistic classifier", low=0.0),
+    },
+    "finetune": {
+        "enabled": _f("bool", True, "run the LoRA fine-tuning stage"),
+        "risk": _f(
+            "str", "probe", "risk estimator", choices=("none", "constant", "probe", "critic")
+        ),
+        "beta_min": _f("float", 0.1, "KL weight at risk 0", low=0.0, high=1.0),
+        "beta_max": _f("float", 0.9, "KL weight at risk 1", low=0.0, high=1.0),
+        "beta": _f("float", 0.5, "fixed KL weight for risk = constant", low=0.0, high=1.0),
+        "alpha": _f("str", "complement", "task weight", choices=("complement", "one")),
+        "risk_ema": _f("float", 0.0, "moving-average factor for risk (0: off)", low=0.0, high=0.99),
+        "baselines": _f(
+            "list[str]",
+            [],
+            "extra risk settings trained for comparison",
+            choices=("none", "constant", "probe", "critic"),
+        ),
+        "critic": _f("model", None, "judge model for risk = critic", optional=True),
+        "rubric": _f("path", None, "judge rubric template", optional=True),
+        "lora_rank": _f("int", 8, "LoRA rank", low=1, high=1024),
+        "lora_scale": _f("float", 20.0, "LoRA scale", low=0.0),
+        "lora_dropout": _f("float", 0.0, "LoRA dropout", low=0.0, high=0.9),
+        "lora_layers": _f("int", 16, "number of final layers to adapt (-1: all)", low=-1),
+        "target_modules": _f("list[str]", [], "module keys to adapt (empty: mlx-lm's default)"),
+        "dora": _f("bool", False, "use DoRA instead of LoRA"),
+        "optimizer": _f("str", "adam", "optimizer", choices=("adam", "adamw", "sgd", "adafactor")),
+        "learning_rate": _f("float", 1e-4, "peak learning rate", low=0.0, high=1.0),
+        "lr_schedule": _f(
+            "str", "constant", "schedule after warm-up", choices=("constant", "cosine", "linear")
+        ),
+        "warmup_steps": _f("int", 0, "linear warm-up steps", low=0),
+        "iters": _f("int", 200, "optimizer steps (0: use epochs)", low=0),
+        "epochs": _f("float", 0.0, "passes over the data when iters = 0", low=0.0),
+        "batch_size": _f("int", 4, "examples per step", low=1),
+        "grad_accumulation": _f("int", 1, "micro-batches per optimizer step", low=1),
+        "grad_checkpoint": _f("bool", False, "recompute activations to save memory"),
+        "mask_prompt": _f("bool", True, "train on response tokens only"),
+        "steps_per_eval": _f("int", 50, "validation every N steps (0: never)", low=0),
+        "steps_per_save": _f("int", 100, "checkpoint every N steps", low=1),
+    },
+    "head": {
+        "enabled": _f("bool", True, "train the explicit safety head"),
+        "mode": _f(
+            "str",
+            "stream",
+            "stream: joint with LoRA; probe: frozen features",
+            choices=("stream", "probe"),
+        ),
+        "outputs": _f("list[str]", ["query", "response"], "head outputs"),
+        "gamma": _f("float", 0.1, "weight of the classification loss", low=0.0),
+        "target_fpr": _f(
+            "float", 0.05, "false-positive rate the threshold is set for", low=0.0, high=0.5
+        ),
+        "iters": _f("int", 200, "training steps", low=1),
+        "learning_rate": _f("float", 1e-4, "learning rate", low=0.0, high=1.0),
+        "batch_size": _f("int", 4, "conversations per step", low=1),
+    },
+    "export": {
+        "enabled": _f("bool", True, "write GGUF files"),
+        "quant": _f("list[str]", ["Q4_K_M"], "quantization types besides F16", choices=QUANT_TYPES),
+        "keep_output_q8": _f("bool", True, "keep output and embedding tensors at Q8_0"),
+    },
+    "guard": {
+        "mode": _f("str", "on", "guard mode", choices=("on", "off", "monitor")),
+        "threshold": _f(
+            "float", None, "override the calibrated threshold", optional=True, low=0.0, high=1.0
+        ),
+        "tau": _f("int", 2, "consecutive unsafe steps before rewinding", low=1, high=8),
+        "refusal_prefix": _f(
+            "str", "Sorry, I cannot help with that because", "text forced when the guard refuses"
+        ),
+        "temperature": _f("float", 0.0, "sampling temperature", low=0.0, high=5.0),
+        "top_p": _f("float", 1.0, "nucleus sampling", low=0.0, high=1.0),
+        "top_k": _f("int", 0, "top-k sampling (0: off)", low=0),
+        "max_tokens": _f("int", 128, "longest answer", low=1),
+    },
+    "eval": {
+        "enabled": _f("bool", True, "run the evaluation"),
+        "suites": _f(
+            "list[str]",
+            ["direct", "prefill", "over_refusal", "utility"],
+            "attack and utility suites",
+            choices=EVAL_SUITES,
+        ),
+        "sources": _f("list[str]", [], "extra prompt files (CSV or JSONL) or hub data set ids"),
+        "prefill_tokens": _f("list[int]", [5, 10, 20], "forced tokens for the prefill attack"),
+        "judge": _f("str", "refusal", "judge", choices=("refusal", "head", "llm")),
+        "max_prompts": _f("int", 0, "prompts per suite (0: all)", low=0),
+    },
+}
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: every section with every key filled in, paths resolved."""
+
+    source: Path | None
+    values: dict[str, dict[str, Any]]
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.values[section]
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; known: {', '.join(options)}"
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _resolve_path(text: str, base: Path) -> str:
+    if text.startswith(STARTER_PREFIX):
+        return text
+    path = Path(text).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _is_local_model(text: str, base: Path) -> bool:
+    return text.startswith((".", "/", "~")) or (base / text).is_dir()
+
+
+def _coerce(field: Field, value: Any, where: str, base: Path) -> Any:
+    """Check value against field; return it converted (ints to floats, paths resolved)."""
+    if value is None and field.optional:
+        return None
+    kind = field.kind
+    scalar = kind.removeprefix("list[").removesuffix("]")
+    if kind.startswith("list["):
+        if not isinstance(value, list):
+            raise RecipeError(f"{where} must be a list, not {_type_name(value)}")
+        return [
+            _coerce(
+                Field(scalar, None, "", field.choices, field.low, field.high),
+                item,
+                f"{where}[{i}]",
+                base,
+            )
+            for i, item in enumerate(value)
+        ]
+    expected = {
+        "str": str,
+        "path": str,
+        "model": str,
+        "bool": bool,
+        "int": int,
+        "float": (int, float),
+    }[kind]
+    if not isinstance(value, expected) or (kind in ("int", "float") and isinstance(value, bool)):
+        raise RecipeError(
+            f"{where} must be {_type_name(expected() if kind != 'float' else 0.0)}, "
+            f"not {_type_name(value)} ({value!r})"
+        )
+    if kind == "float":
+        value = float(value)
+    if field.choices is not None and value not in field.choices:
+        raise RecipeError(
+            f"{where} = {value!r} is not one of {', '.join(map(str, field.choices))}"
+            + _suggest(str(value), [str(c) for c in field.choices])
+        )
+    if field.low is not None and value < field.low:
+        raise RecipeError(f"{where} = {value!r} is below the minimum {field.low:g}")
+    if field.high is not None and value > field.high:
+        raise RecipeError(f"{where} = {value!r} is above the maximum {field.high:g}")
+    if kind == "path":
+        return _resolve_path(value, base)
+    if kind == "model" and _is_local_model(value, base):
+        return _resolve_path(value, base)
+    return value
+
+
+def _check_known(section: str, key: str | None, label: str) -> None:
+    if section not in SCHEMA:
+        raise RecipeError(f"{label}: unknown section [{section}]" + _suggest(section, list(SCHEMA)))
+    if key is not None and key not in SCHEMA[section]:
+        raise RecipeError(
+            f"{label}: unknown key {section}.{key}" + _suggest(key, list(SCHEMA[section]))
+        )
+
+
+def _check_relations(values: dict[str, dict[str, Any]], label: str) -> None:
+    """Constraints between keys, checked once every value (and override) is in."""
+    fine = values["finetune"]
+    if fine["beta_min"] > fine["beta_max"]:
+        raise RecipeError(
+            f"{label}: finetune.beta_min ({fine['beta_min']}) is above "
+            f"finetune.beta_max ({fine['beta_max']})"
+        )
+    if fine["risk"] == "critic" and not fine["critic"]:
+        raise RecipeError(
+            f"{label}: finetune.risk = 'critic' needs finetune.critic (a judge model)"
+        )
+
+
+def validate(raw: dict[str, Any], base: Path, label: str = "recipe") -> dict[str, dict[str, Any]]:
+    """Check raw TOML data against SCHEMA and fill in defaults. Errors name label and key path."""
+    for section, table in raw.items():
+        _check_known(section, None, label)
+        if not isinstance(table, dict):
+            raise RecipeError(
+                f"{label}: {section} must be a table ([{section}]), not {_type_name(table)}"
+            )
+        for key in table:
+            _check_known(section, key, label)
+    values: dict[str, dict[str, Any]] = {}
+    for section, fields in SCHEMA.items():
+        table = raw.get(section, {})
+        try:
+            values[section] = {
+                key: _coerce(f, table[key], f"{section}.{key}", base) if key in table else f.default
+                for key, f in fields.items()
+            }
+        except RecipeError as exc:
+            raise RecipeError(f"{label}: {exc}") from None
+    return values
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'section.key=value' from the command line; value is TOML if it parses, else a string."""
+    name, sep, raw = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise RecipeError(f"--set {text!r}: expected SECTION.KEY=VALUE")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, key.strip(), value
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:
+    """Read, validate and resolve a recipe file (or the defaults alone when path is None)."""
+    raw: dict[str, Any] = {}
+    source = None
+    if path is not None:
+        source = Path(path).expanduser().resolve()
+        try:
+            raw = tomllib.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RecipeError(f"{path}: no such recipe file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    label = str(path) if path is not None else "recipe"
+    values = validate(raw, source.parent if source else Path.cwd(), label)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        _check_known(section, key, f"--set {text}")
+        try:
+            values[section][key] = _coerce(
+                SCHEMA[section][key], value, f"{section}.{key}", Path.cwd()
+            )
+        except RecipeError as exc:
+            raise RecipeError(f"--set {text}: {exc}") from None
+    _check_relations(values, label)
+    if values["run"]["name"] is None:
+        values["run"]["name"] = source.stem if source else "run"
+    if values["run"]["out"] is None:
+        values["run"]["out"] = str(Path.cwd() / "runs" / values["run"]["name"])
+    return Recipe(source, values)

@@ -1,0 +1,1 @@
+"""The starter world: a generated corpus and tokenizer for a tiny aligned chat model."""

@@ -1,0 +1,123 @@
+"""The command line: help, exit codes (0 ok, 2 user error, 1 bug), dry runs and doctor."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from localguard import cli as cli_module
+from localguard.cli import cli
+
+DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo.toml"
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_help_lists_the_commands():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "doctor" in result.output and "run" in result.output
+
+
+def test_dry_run_prints_the_plan():
+    result = invoke("run", str(DEMO), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "1. starter" in result.output and "finetune" in result.output
+    assert "risk=probe" in result.output
+
+
+def test_dry_run_with_override():
+    result = invoke("run", str(DEMO), "--dry-run", "--set", "finetune.iters=7")
+    assert result.exit_code == 0, result.output
+    assert "iters=7" in result.output
+
+
+def test_misspelled_key_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[finetune]\nlearnig_rate = 1e-4\n")
+    result = invoke("run", str(bad), "--dry-run")
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {bad}: unknown key finetune.learnig_rate; did you mean learning_rate?"
+    )
+
+
+def test_unrunnable_stage_exits_2_before_anything_runs(tmp_path):
+    result = invoke("run", str(DEMO), "--set", f"run.out='{tmp_path / 'out'}'")
+    assert result.exit_code == 2
+    assert "cannot run stage" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_internal_error_exits_1_and_debug_shows_traceback(monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("localguard.plan.build_plan", broken)
+    result = invoke("run", str(DEMO), "--dry-run")
+    assert result.exit_code == 1
+    assert "internal error: RuntimeError: boom" in result.output
+    assert "Traceback" not in result.output
+    result = invoke("--debug", "run", str(DEMO), "--dry-run")
+    assert result.exit_code == 1 and "Traceback" in result.output
+
+
+def test_unknown_command_is_a_usage_error():
+    assert invoke("fly").exit_code == 2
+
+
+def test_doctor_reports_every_heading():
+    result = invoke("doctor", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == {"system", "runtime", "storage", "packages"}
+    assert report["runtime"]["mlx device"].startswith("Device(")
+    assert "GFLOP/s" in report["runtime"]["matmul 1024 f32"]
+    assert report["runtime"]["llama.cpp"] == report["packages"]["llama-cpp-python"]
+    assert report["storage"]["hub offline"].startswith("yes")
+    for name in ("mlx", "mlx-lm", "llama-cpp-python", "gguf"):
+        assert report["packages"][name] != "missing"
+
+
+def test_doctor_text_output():
+    result = invoke("doctor", "--no-measure")
+    assert result.exit_code == 0
+    assert "[system]" in result.output and "blas" in result.output
+
+
+def test_console_script_preloads_openblas_itself():
+    """The installed `localguard` command re-executes itself with OpenBLAS on Linux."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the BLAS preload is a Linux measure")
+    exe = shutil.which("localguard", path=str(Path(sys.executable).parent))
+    assert exe, "the localguard console script is not installed next to this python"
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LOCALGUARD_BLAS_REEXEC")}
+    out = subprocess.run(
+        [exe, "doctor", "--json", "--no-measure"],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "OpenBLAS preloaded" in json.loads(out)["system"]["blas"]
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run(
+        [sys.executable, "-m", "localguard", "--version"],
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out.strip() == f"localguard, version {cli_module.__version__}"

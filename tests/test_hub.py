@@ -1,0 +1,43 @@
+"""Model references: local folders, hub ids, and the offline error."""
+
+from __future__ import annotations
+
+import pytest
+
+from localguard.errors import ModelNotFoundError
+from localguard.hub import looks_like_hub_id, resolve_model
+
+
+def test_local_folder_resolves(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path)) == tmp_path.resolve()
+
+
+def test_folder_without_config_is_an_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        resolve_model(tmp_path)
+
+
+def test_path_that_is_not_a_hub_id(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="neither a folder nor a hub id"):
+        resolve_model(str(tmp_path / "nowhere" / "deep" / "model"))
+
+
+def test_offline_missing_hub_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="not in the hub cache and HF_HUB_OFFLINE=1"):
+        resolve_model("localguard-tests/no-such-model")
+
+
+@pytest.mark.parametrize(
+    ("ref", "ok"),
+    [
+        ("Qwen/Qwen2.5-0.5B", True),
+        ("./model", False),
+        ("a/b/c", False),
+        ("plain", False),
+        ("/abs/x", False),
+    ],
+)
+def test_hub_id_shape(ref, ok):
+    assert looks_like_hub_id(ref) is ok
