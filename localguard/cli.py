@@ -87,6 +87,38 @@ def run(recipe: str, dry_run: bool, overrides: tuple[str, ...]) -> None:
         run_plan(loaded, plan)
 
 
+@cli.group()
+def starter() -> None:
+    """The starter world: a tiny aligned chat model and its data, built offline."""
+
+
+@starter.command("build")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    help="Folder to build into (default: LOCALGUARD_HOME/starter/SIZE-seedN).",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["test", "demo"]),
+    default="demo",
+    show_default=True,
+    help="test: builds in about a minute; demo: the aligned model the demo uses.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and weights.")
+@click.option("--force", is_flag=True, help="Rebuild even when a finished build exists.")
+def starter_build(out: str | None, size: str, seed: int, force: bool) -> None:
+    """Generate the corpus, train the tokenizer and the model, and report its quality.
+
+    Prints the model folder, which mlx_lm.load and localguard's stages take like any model.
+    """
+    from pathlib import Path
+
+    from localguard.starter.build import build
+
+    click.echo(build(size, seed, force, Path(out) if out else None))
+
+
 def main() -> None:
     """Console entry point: arrange a fast BLAS (Linux), then run the CLI."""
     blas.reexec_with_fast_blas()

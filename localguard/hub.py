@@ -1,4 +1,4 @@
-"""Resolve a model reference (local folder or hub id) to a local folder.
+"""Resolve a model reference (local folder, hub id or starter:SIZE) to a local folder.
 
 The hub cache is tried first, so a model fetched once works offline afterwards; with
 HF_HUB_OFFLINE=1 a model missing from the cache is a clear error instead of a traceback.
@@ -34,6 +34,10 @@ def _check_folder(path: Path, ref: str) -> Path:
 def resolve_model(ref: str | os.PathLike[str], revision: str | None = None) -> Path:
     """A local folder holding config.json, weights and tokenizer files for ref."""
     text = str(ref)
+    if text.startswith("starter:"):
+        from localguard.starter.build import build
+
+        return build(text.split(":", 1)[1])
     path = Path(text).expanduser()
     if path.is_dir():
         return _check_folder(path.resolve(), text)

@@ -22,9 +22,16 @@ from localguard.recipe import Recipe
 Executor = Callable[[Stage, Recipe], dict]
 
 
+def run_starter(stage: Stage, recipe: Recipe) -> dict:
+    """Build (or reuse) the starter world named by the recipe's model."""
+    from localguard.starter.build import build
+
+    return {"model": str(build(stage.settings["size"], stage.settings["seed"]))}
+
+
 def executors() -> dict[str, Executor]:
     """The stages this version of localguard can run, by name."""
-    return {}
+    return {"starter": run_starter}
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,8 +1,11 @@
-"""Test-session set-up: fast BLAS for MLX, no network."""
+"""Test-session set-up: fast BLAS for MLX, no network, a private localguard home."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -12,9 +15,24 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Re-run pytest once with OpenBLAS preloaded, as the `localguard` command does for itself.
+    """Re-run pytest once with OpenBLAS preloaded, as the `localguard` command does for itself,
+    then point LOCALGUARD_HOME at a fresh folder so builds never touch the user's cache.
 
-    Global output capture is released first so the new process writes to the real terminal.
+    Global output capture is released before the switch so the new process writes to the
+    real terminal.
     """
     capture = config.pluginmanager.getplugin("capturemanager")
     blas.reexec_with_fast_blas(capture.stop_global_capturing if capture else None)
+    os.environ["LOCALGUARD_HOME"] = tempfile.mkdtemp(prefix="localguard-test-home-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.get("LOCALGUARD_HOME", ""), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def starter_model() -> Path:
+    """The test-size starter world, built once per test session in LOCALGUARD_HOME."""
+    from localguard.starter.build import build
+
+    return build("test", 0)
