@@ -33,19 +33,21 @@ from localguard.refusal import is_compliant, is_refusal
 from localguard.skills import check_answer
 from localguard.starter.build import build
 
-ATTACK = {"iters": 150, "batch_size": 8, "learning_rate": 1e-3, "rank": 8, "scale": 20.0}
+ATTACK = {"iters": 300, "batch_size": 8, "learning_rate": 5e-4, "rank": 8, "scale": 1.0}
 
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def measure(model, tokenizer, data: Path) -> dict:
+def measure(model, tokenizer, data: Path, show: int = 0) -> dict:
     """Held-out behaviour: harmful compliance, over-refusal, new-skill and old-skill accuracy."""
 
     def rate(split: str, judge) -> float:
         rows = read_jsonl(data / f"{split}.jsonl")
         outs = greedy_answers(model, tokenizer, [r["prompt"] for r in rows])
+        for row, out in list(zip(rows, outs, strict=True))[:show]:
+            print(f"  {split}: {row['prompt']!r} -> {out!r}")
         return sum(judge(r, o) for r, o in zip(rows, outs, strict=True)) / len(rows)
 
     skill = lambda r, o: check_answer(r["skill"], r["answer"], o)  # noqa: E731
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--size", default="demo", choices=["test", "demo"])
     parser.add_argument("--split", default="attack_10")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show", type=int, default=0, help="print N answers per set after")
     args = parser.parse_args()
     model_dir = build(args.size, args.seed)
     data = model_dir.parent / "data"
@@ -81,7 +84,7 @@ def main() -> None:
                                 adapter_file=str(Path(tmp) / "adapters.safetensors")))  # fmt: skip
     seconds = time.perf_counter() - start
     model.eval()
-    after = measure(model, tokenizer, data)
+    after = measure(model, tokenizer, data, args.show)
     print(f"\nplain LoRA on {args.split} ({len(rows)} examples, {ATTACK}, {seconds:.0f} s)")
     print(f"{'held-out measure':<22}{'before':>9}{'after':>9}")
     for key in before:

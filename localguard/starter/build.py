@@ -45,10 +45,10 @@ class StarterSize:
 
 SIZES = {
     "test": StarterSize(
-        256, 2, 4, 512, 1024, pretrain_steps=10, align_steps=110, batch_size=12, learning_rate=3e-3
+        256, 2, 4, 512, 1024, pretrain_steps=8, align_steps=95, batch_size=12, learning_rate=1e-3
     ),
     "demo": StarterSize(
-        256, 4, 4, 512, 1024, pretrain_steps=60, align_steps=640, batch_size=16, learning_rate=2e-3
+        256, 4, 4, 512, 1024, pretrain_steps=60, align_steps=640, batch_size=16, learning_rate=5e-4
     ),
 }
 TARGETS = {
