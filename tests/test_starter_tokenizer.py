@@ -71,8 +71,8 @@ def test_tokenizer_json_layout(tok_dir: Path) -> None:
 
 
 def test_special_token_ids(tok) -> None:
-    assert tok.bos_token == "<|bos|>" and tok.bos_token_id == 0
-    assert tok.eos_token == "<|end|>" and tok.eos_token_id == 1
+    assert tok.bos_token == "<|bos|>" and tok.bos_token_id == 1
+    assert tok.eos_token == "<|end|>" and tok.eos_token_id == 0
     assert tok.pad_token == "<|pad|>" and tok.pad_token_id == 2
     for token in CHAT_SPECIAL_TOKENS:
         assert tok.convert_tokens_to_ids(token) < len(CHAT_SPECIAL_TOKENS)

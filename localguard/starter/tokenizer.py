@@ -22,8 +22,13 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|end|>"
 PAD_TOKEN = "<|pad|>"
-CHAT_SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, "<|user|>", "<|assistant|>", "<|system|>"]
-"""All special tokens, in vocabulary order; ``<|end|>`` ends a turn and is the eos token."""
+CHAT_SPECIAL_TOKENS = [EOS_TOKEN, BOS_TOKEN, PAD_TOKEN, "<|user|>", "<|assistant|>", "<|system|>"]
+"""All special tokens, in vocabulary order; ``<|end|>`` ends a turn and is the eos token.
+
+``<|end|>`` is id 0 on purpose: mlx-lm pads batches with id 0 and its default_loss counts one
+padded position per row as a target, so whatever id 0 is gets trained after every reply. As
+the end-of-turn token it is harmless (generation has stopped there); as ``<|bos|>`` it made
+fine-tuned starter models write stray ``<|bos|>`` tokens into their answers."""
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
