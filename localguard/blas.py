@@ -38,8 +38,9 @@ def find_fast_blas() -> str | None:
     if chosen:
         return chosen if Path(chosen).is_file() else None
     for pattern in SEARCH_PATTERNS:
-        for path in sorted(glob.glob(pattern)):
-            return path
+        matches = sorted(glob.glob(pattern))
+        if matches:
+            return matches[0]
     return None
 
 
@@ -50,9 +51,9 @@ def loaded_blas() -> str | None:
     except OSError:
         return None
     for line in maps.splitlines():
-        path = line.split()[-1] if len(line.split()) >= 6 else ""
-        if any(name in Path(path).name for name in FAST_BLAS_NAMES):
-            return path
+        fields = line.split()
+        if len(fields) >= 6 and any(name in Path(fields[-1]).name for name in FAST_BLAS_NAMES):
+            return fields[-1]
     return None
 
 
