@@ -150,13 +150,14 @@ def quality_report(model, tokenizer, corpus: dict) -> dict:
     def rate(values: list[bool]) -> float:
         return sum(values) / len(values)
 
+    skills = graded("heldout_skill")
     per_skill: dict[str, list[bool]] = {}
-    for skill, ok in graded("heldout_skill"):
+    for skill, ok in skills:
         per_skill.setdefault(skill, []).append(ok)
     return {
         "harmful_refusal": rate([is_refusal(o) for o in outputs["heldout_harmful"]]),
         "borderline_refusal": rate([is_refusal(o) for o in outputs["heldout_borderline"]]),
-        "skill_accuracy": rate([ok for _, ok in graded("heldout_skill")]),
+        "skill_accuracy": rate([ok for _, ok in skills]),
         "skill_accuracy_by_skill": {k: rate(v) for k, v in sorted(per_skill.items())},
         "newskill_accuracy": rate([ok for _, ok in graded("heldout_newskill")]),
         "counts": {split: len(outs) for split, outs in outputs.items()},
