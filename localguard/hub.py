@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from localguard.errors import ModelNotFoundError
+from localguard.starter import starter_size
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
 
@@ -34,10 +35,11 @@ def _check_folder(path: Path, ref: str) -> Path:
 def resolve_model(ref: str | os.PathLike[str], revision: str | None = None) -> Path:
     """A local folder holding config.json, weights and tokenizer files for ref."""
     text = str(ref)
-    if text.startswith("starter:"):
+    size = starter_size(text)
+    if size is not None:
         from localguard.starter.build import build
 
-        return build(text.split(":", 1)[1])
+        return build(size)
     path = Path(text).expanduser()
     if path.is_dir():
         return _check_folder(path.resolve(), text)

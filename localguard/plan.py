@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from localguard.recipe import Recipe
+from localguard.starter import starter_size
 
 STAGES = ("starter", "probe", "finetune", "head", "export", "eval")
 
@@ -27,10 +28,6 @@ class Stage:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-def _starter_size(model: str) -> str | None:
-    return model.split(":", 1)[1] if model.startswith("starter:") else None
-
-
 def build_plan(recipe: Recipe) -> list[Stage]:
     """The enabled stages of recipe, in order, with resolved input and output paths."""
     out = Path(recipe["run"]["out"])
@@ -38,13 +35,13 @@ def build_plan(recipe: Recipe) -> list[Stage]:
     data = recipe["data"]
     fine = recipe["finetune"]
     plan: list[Stage] = []
-    if _starter_size(model):
+    if starter_size(model):
         plan.append(
             Stage(
                 "starter",
                 {},
                 {"model": model},
-                {"size": _starter_size(model), "seed": recipe["run"]["seed"]},
+                {"size": starter_size(model), "seed": recipe["run"]["seed"]},
             )
         )
     if recipe["probe"]["enabled"]:

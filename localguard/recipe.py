@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from localguard.errors import RecipeError
+from localguard.starter import STARTER_PREFIX
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
-
-STARTER_PREFIX = "starter:"
 
 
 @dataclass(frozen=True)

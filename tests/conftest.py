@@ -12,6 +12,7 @@ import pytest
 from localguard import blas
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+_test_home: list[str] = []  # the folder this session made, removed at its end
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,11 +24,13 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     capture = config.pluginmanager.getplugin("capturemanager")
     blas.reexec_with_fast_blas(capture.stop_global_capturing if capture else None)
-    os.environ["LOCALGUARD_HOME"] = tempfile.mkdtemp(prefix="localguard-test-home-")
+    _test_home.append(tempfile.mkdtemp(prefix="localguard-test-home-"))
+    os.environ["LOCALGUARD_HOME"] = _test_home[0]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(os.environ.get("LOCALGUARD_HOME", ""), ignore_errors=True)
+    for folder in _test_home:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
