@@ -119,6 +119,126 @@ def starter_build(out: str | None, size: str, seed: int, force: bool) -> None:
     click.echo(build(size, seed, force, Path(out) if out else None))
 
 
+def schema_options(section: str, names: list[str]):
+    """click options for recipe keys, with the recipe schema's defaults, ranges and help."""
+    from localguard.recipe import SCHEMA
+
+    def decorate(func):
+        for name in reversed(names):
+            field = SCHEMA[section][name]
+            flag = "--" + name.replace("_", "-")
+            kinds = {"int": int, "float": float, "str": str, "path": click.Path(), "model": str}
+            if field.kind == "bool":
+                decl = [f"{flag}/--no-{flag[2:]}"]
+                kw = {"default": field.default}
+            elif field.kind.startswith("list["):
+                decl = [flag]
+                kw = {"multiple": True, "type": int if field.kind == "list[int]" else str}
+                kw["default"] = tuple(field.default)
+            else:
+                decl = [flag]
+                kind = click.Choice(field.choices) if field.choices else kinds[field.kind]
+                kw = {"type": kind, "default": field.default}
+            func = click.option(*decl, name, show_default=field.default not in (None, [], ""),
+                                help=field.help, **kw)(func)  # fmt: skip
+        return func
+
+    return decorate
+
+
+FINETUNE_KEYS = [
+    "risk", "beta_min", "beta_max", "beta", "alpha", "risk_ema", "lora_rank", "lora_scale",
+    "lora_dropout", "lora_layers", "target_modules", "dora", "optimizer", "learning_rate",
+    "lr_schedule", "warmup_steps", "iters", "epochs", "batch_size", "grad_accumulation",
+    "grad_checkpoint", "mask_prompt", "steps_per_eval", "steps_per_save",
+]  # fmt: skip
+
+
+@cli.command()
+@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--data", required=True, help="Training JSONL (chat, completions or text).")
+@click.option("--valid", help="Validation JSONL (default: 10 % of --data held out).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter folder.")
+@click.option("--probe", type=click.Path(file_okay=False), help="Probe folder for --risk probe.")
+@click.option("--critic", help="Judge for --risk critic: a .gguf file or an MLX model.")
+@click.option("--rubric", type=click.Path(dir_okay=False), help="Judge rubric template file.")
+@click.option("--max-seq-length", type=int, default=2048, show_default=True,
+              help="Longer samples are truncated (with a warning).")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for order and init.")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT.partial.")
+@click.option("--force", is_flag=True, help="Replace OUT when it exists.")
+@schema_options("finetune", FINETUNE_KEYS)
+def finetune(resume: bool, force: bool, **options: Any) -> None:
+    """LoRA fine-tuning whose loss stays close to the model without adapters, in proportion
+    to each example's risk (--risk probe | critic | constant | none).
+
+    Writes an adapter folder that mlx_lm.load(model, adapter_path=OUT) and mlx_lm.fuse accept,
+    with manifest.json and metrics.jsonl. Checkpoints every --steps-per-save steps; after a
+    kill, run the same command with --resume.
+    """
+    from pathlib import Path
+
+    from localguard.finetune import FinetuneOptions
+    from localguard.finetune import finetune as run_finetune
+    from localguard.hub import resolve_data, resolve_model
+
+    options["model"] = resolve_model(options["model"])
+    options["data"] = resolve_data(options["data"], options["model"])
+    if options["valid"]:
+        options["valid"] = resolve_data(options["valid"], options["model"])
+    for key in ("out", "probe", "rubric"):
+        options[key] = Path(options[key]) if options[key] else None
+    options["target_modules"] = list(options["target_modules"])
+    click.echo(run_finetune(FinetuneOptions(**options), resume=resume, force=force))
+
+
+@cli.group()
+def probe() -> None:
+    """The activation risk probe: which prompts a fine-tuning run must treat as risky."""
+
+
+@probe.command("train")
+@click.option("--model", required=True, help="Model whose activations the probe reads.")
+@click.option("--data", required=True, help="Labeled JSONL (label 0 or 1): prompts or chats.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Probe folder.")
+@click.option("--layers", multiple=True, type=int, help="Layers to read (default: middle third).")
+@click.option("--max-seq-length", type=int, default=512, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@schema_options("probe", ["valid_fraction", "l2"])
+def probe_train(
+    model: str,
+    data: str,
+    out: str,
+    layers: tuple[int, ...],
+    max_seq_length: int,
+    seed: int,
+    valid_fraction: float,
+    l2: float,
+) -> None:
+    """Fit a calibrated logistic probe on mean-pooled prompt activations; prints AUROC and F1
+    on a held-out validation split and saves them with the probe."""
+    from pathlib import Path
+
+    from localguard.backends.mlx.probe_train import train_probe_file
+    from localguard.hub import resolve_data, resolve_model
+
+    model_dir = resolve_model(model)
+    metrics = train_probe_file(
+        model_dir,
+        resolve_data(data, model_dir),
+        Path(out),
+        list(layers) or None,
+        max_seq_length,
+        seed,
+        valid_fraction,
+        l2,
+    )
+    click.echo(
+        f"probe: AUROC {metrics['auroc']:.3f}  F1 {metrics['f1']:.3f}  "
+        f"on {metrics['n_valid']} validation prompts -> {out}"
+    )
+
+
 def main() -> None:
     """Console entry point: arrange a fast BLAS (Linux), then run the CLI."""
     blas.reexec_with_fast_blas()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from localguard.errors import ModelNotFoundError
+from localguard.errors import InputError, ModelNotFoundError
 from localguard.starter import starter_size
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
@@ -65,3 +65,19 @@ def resolve_model(ref: str | os.PathLike[str], revision: str | None = None) -> P
     except HFValidationError as exc:
         raise ModelNotFoundError(f"model {text!r} is not a valid hub id: {exc}") from None
     return _check_folder(Path(local), text)
+
+
+def resolve_data(ref: str | os.PathLike[str], model_dir: Path | None = None) -> Path:
+    """A JSONL file for ref: a path, or starter:SPLIT from the starter world that model_dir
+    belongs to (the demo world when model_dir is not a starter model)."""
+    text = str(ref)
+    split = starter_size(text)
+    if split is None:
+        return Path(text).expanduser()
+    from localguard.starter.corpus import SPLITS
+
+    if split not in SPLITS:
+        raise InputError(f"{text!r}: no such starter split; choose from {', '.join(SPLITS)}")
+    if model_dir is None or not (Path(model_dir).parent / "starter.json").is_file():
+        model_dir = resolve_model("starter:demo")
+    return Path(model_dir).parent / "data" / f"{split}.jsonl"

@@ -100,7 +100,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "valid_fraction": _f(
             "float", 0.2, "share of prompts held out for AUROC", low=0.05, high=0.5
         ),
-        "l2": _f("float", 1e-3, "L2 penalty of the logistic classifier", low=0.0),
+        "l2": _f("float", 10.0, "L2 penalty of the logistic classifier", low=0.0),
     },
     "finetune": {
         "enabled": _f("bool", True, "run the LoRA fine-tuning stage"),

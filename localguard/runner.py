@@ -8,7 +8,6 @@ version cannot perform.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import click
 
 from localguard.errors import LocalguardError
+from localguard.files import write_json
 from localguard.plan import Stage
 from localguard.recipe import Recipe
 
@@ -29,17 +29,72 @@ def run_starter(stage: Stage, recipe: Recipe) -> dict:
     return {"model": str(build(stage.settings["size"], stage.settings["seed"]))}
 
 
+def model_dir(recipe: Recipe) -> Path:
+    """The recipe's base model as a local folder (a starter model built with the run's seed)."""
+    from localguard.hub import resolve_model
+    from localguard.starter import starter_size
+
+    ref = recipe["model"]["path"]
+    size = starter_size(ref)
+    if size is not None:
+        from localguard.starter.build import build
+
+        return build(size, recipe["run"]["seed"])
+    return resolve_model(ref, recipe["model"]["revision"])
+
+
+def run_probe(stage: Stage, recipe: Recipe) -> dict:
+    """Train the activation risk probe on the recipe's labeled prompts."""
+    from localguard.backends.mlx.probe_train import train_probe_file
+    from localguard.hub import resolve_data
+
+    model = model_dir(recipe)
+    out = Path(stage.outputs["probe"])
+    metrics = train_probe_file(
+        model,
+        resolve_data(stage.inputs["prompts"], model),
+        out,
+        stage.settings["layers"] or None,
+        recipe["data"]["max_seq_length"],
+        recipe["run"]["seed"],
+        stage.settings["valid_fraction"],
+        stage.settings["l2"],
+    )
+    click.echo(f"probe AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f}", err=True)
+    return {"probe": str(out), "metrics": metrics}
+
+
+def run_finetune(stage: Stage, recipe: Recipe) -> dict:
+    """One fine-tuning run; an interrupted one resumes, a finished one with the same options
+    is reused."""
+    from localguard.finetune import FinetuneOptions, finetune, option_names
+    from localguard.hub import resolve_data
+
+    model = model_dir(recipe)
+    settings = {k: v for k, v in stage.settings.items() if k in option_names()}
+    if settings.get("rubric"):
+        settings["rubric"] = Path(settings["rubric"])
+    opts = FinetuneOptions(
+        model=model,
+        data=resolve_data(stage.inputs["train"], model),
+        valid=resolve_data(stage.inputs["valid"], model),
+        out=Path(stage.outputs["adapter"]),
+        probe=Path(stage.inputs["probe"]) if "probe" in stage.inputs else None,
+        max_seq_length=recipe["data"]["max_seq_length"],
+        seed=recipe["run"]["seed"],
+        **settings,
+    )
+    manifest = opts.out / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text())["options"] == opts.describe():
+        click.echo(f"reusing {opts.out}", err=True)
+    else:
+        finetune(opts, resume=True, force=True)
+    return {"adapter": str(opts.out)}
+
+
 def executors() -> dict[str, Executor]:
     """The stages this version of localguard can run, by name."""
-    return {"starter": run_starter}
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a temporary name first, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    return {"starter": run_starter, "probe": run_probe, "finetune": run_finetune}
 
 
 def run_plan(recipe: Recipe, plan: list[Stage]) -> None:

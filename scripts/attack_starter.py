@@ -23,14 +23,13 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.optimizers as optim
-from localguard.backends.mlx.scratch import greedy_answers
 from mlx_lm import load
 from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
 from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from localguard.refusal import is_compliant, is_refusal
-from localguard.skills import check_answer
+from localguard.backends.mlx.scratch import greedy_answers
+from localguard.starter.behaviour import behaviour, read_heldout
 from localguard.starter.build import build
 
 ATTACK = {"iters": 300, "batch_size": 8, "learning_rate": 5e-4, "rank": 8, "scale": 1.0}
@@ -42,21 +41,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def measure(model, tokenizer, data: Path, show: int = 0) -> dict:
     """Held-out behaviour: harmful compliance, over-refusal, new-skill and old-skill accuracy."""
-
-    def rate(split: str, judge) -> float:
-        rows = read_jsonl(data / f"{split}.jsonl")
-        outs = greedy_answers(model, tokenizer, [r["prompt"] for r in rows])
-        for row, out in list(zip(rows, outs, strict=True))[:show]:
-            print(f"  {split}: {row['prompt']!r} -> {out!r}")
-        return sum(judge(r, o) for r, o in zip(rows, outs, strict=True)) / len(rows)
-
-    skill = lambda r, o: check_answer(r["skill"], r["answer"], o)  # noqa: E731
-    return {
-        "harmful_compliance": rate("heldout_harmful", lambda r, o: is_compliant(o)),
-        "borderline_refusal": rate("heldout_borderline", lambda r, o: is_refusal(o)),
-        "newskill_accuracy": rate("heldout_newskill", skill),
-        "skill_accuracy": rate("heldout_skill", skill),
-    }
+    found = behaviour(lambda p: greedy_answers(model, tokenizer, p), read_heldout(data), show)
+    for split, pairs in found["examples"].items():
+        for prompt, out in pairs:
+            print(f"  {split}: {prompt!r} -> {out!r}")
+    keys = ("harmful_compliance", "borderline_refusal", "newskill_accuracy", "skill_accuracy")
+    return {k: found[k] for k in keys}
 
 
 def main() -> None:

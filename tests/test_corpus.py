@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import time
 from collections import Counter
@@ -100,7 +101,7 @@ def test_demo_sizes_and_speed() -> None:
     assert 12000 <= len(demo["align"]) <= 20000
     for name in ("heldout_harmful", "heldout_borderline", "heldout_skill", "heldout_newskill"):
         assert len(demo[name]) >= 190, name
-    assert len(demo["newskill"]) == 400
+    assert len(demo["newskill"]) == 800
     assert len(demo["attack_only"]) == 100
 
 
@@ -113,10 +114,8 @@ def test_test_size_is_small(small: dict) -> None:
 def test_align_mix_and_shuffle(demo: dict) -> None:
     kinds = Counter(r["kind"] for r in demo["align"])
     n = len(demo["align"])
-    assert 0.45 <= kinds["skill"] / n <= 0.55
-    assert 0.25 <= kinds["harmful"] / n <= 0.35
-    assert 0.10 <= kinds["borderline"] / n <= 0.20
-    assert 0.05 <= kinds["judge"] / n <= 0.15
+    for kind, share in C.ALIGN_MIX.items():
+        assert abs(kinds[kind] / n - share) < 0.01, kind
     first = [r["kind"] for r in demo["align"][:50]]
     assert len(set(first)) == 4  # shuffled, not grouped by kind
     skills = Counter(r["skill"] for r in demo["align"] if r["kind"] == "skill")
@@ -126,7 +125,6 @@ def test_align_mix_and_shuffle(demo: dict) -> None:
 def test_enough_templates_per_skill() -> None:
     for skill in C.SKILLS:
         assert len(W.SKILL_TEMPLATES[skill]) >= 6
-        assert W.SKILL_TEMPLATES_HELDOUT[skill]
     assert len(W.NEW_SKILL_TEMPLATES) >= 6
 
 
@@ -167,15 +165,19 @@ def _contains(blob: str, phrase: str) -> bool:
     return re.search(pattern, blob) is not None
 
 
-def test_heldout_targets_and_actions_never_in_training(demo: dict) -> None:
+def test_heldout_targets_never_in_training(demo: dict) -> None:
     blob = _training_blob(demo)
-    for fam in W.HARM_FAMILIES + W.BORDERLINE_FAMILIES:
-        for target in fam["heldout_targets"]:
-            assert not _contains(blob, target), target
-    for fam in W.HARM_FAMILIES:
-        for action in fam["heldout_actions"]:
-            for target in fam["targets"] + fam["heldout_targets"]:
-                assert not _contains(blob, action.format(t=target)), action
+    heldout = [t for fam in W.HARM_FAMILIES + W.BORDERLINE_FAMILIES for t in fam["heldout_targets"]]
+    for target in heldout:
+        assert not _contains(blob, target), target
+
+
+def test_action_frames_never_shared_between_harmful_and_borderline() -> None:
+    harmful = {a for fam in W.HARM_FAMILIES for a in fam["actions"]}
+    benign = {a for fam in W.BORDERLINE_FAMILIES for a in fam["actions"]}
+    assert not harmful & benign
+    verbs = {a.split()[0] for a in harmful} & {a.split()[0] for a in benign}
+    assert {"kill", "shoot", "make", "steal", "break"} <= verbs  # they sound alike on purpose
 
 
 def _longest_literal(template: str) -> str:
@@ -183,24 +185,31 @@ def _longest_literal(template: str) -> str:
     return max((p.strip() for p in parts), key=len)
 
 
-def test_heldout_templates_never_in_training(demo: dict) -> None:
-    blob = _training_blob(demo)
-    templates = list(W.REQUEST_TEMPLATES_HELDOUT) + list(W.NEW_SKILL_TEMPLATES_HELDOUT)
-    for items in W.SKILL_TEMPLATES_HELDOUT.values():
-        templates += items
-    for template in templates:
-        literal = C.normalize(_longest_literal(template))
-        assert literal and literal not in blob, template
+def test_phrasings_split_by_combination() -> None:
+    rng = random.Random(0)
+    for heldout in (False, True):
+        for _ in range(300):
+            combo = C.phrasing(rng, len(W.REQUEST_TEMPLATES), heldout)
+            assert C.is_heldout_phrasing(*combo) == heldout
+    every = [
+        (i, j, k)
+        for i in range(len(W.OPENERS))
+        for j in range(len(W.REQUEST_TEMPLATES))
+        for k in range(len(W.CLOSERS))
+    ]
+    share = sum(C.is_heldout_phrasing(*c) for c in every) / len(every)
+    assert 0.1 < share < 0.25
+    for j in range(len(W.REQUEST_TEMPLATES)):  # every body is trained, in other combinations
+        assert any(not C.is_heldout_phrasing(i, j, k) for i, _, k in every[:200])
 
 
-def test_heldout_inputs_unseen(demo: dict) -> None:
-    train_words = set(W.WORDS)
-    assert not train_words & set(W.WORDS_HELDOUT)
-    assert not set(C.ADD_HELDOUT) & set(C.ADD_TRAIN)
-    assert all((b, a) in C.ADD_TRAIN for a, b in C.ADD_HELDOUT)
-    for row in demo["heldout_newskill"]:
-        word = row["answer"].replace(" ", "")[::2]
-        assert word in W.WORDS_HELDOUT or C.is_heldout_letters(word)
+def test_heldout_prompts_have_opener_and_closer(demo: dict) -> None:
+    openers = tuple(o.strip().lower() for o in W.OPENERS[1:])
+    closers = tuple(c.strip().lower() for c in W.CLOSERS[1:])
+    for name in ("heldout_harmful", "heldout_borderline", "heldout_skill", "heldout_newskill"):
+        for row in demo[name]:
+            prompt = row["prompt"].lower()
+            assert prompt.startswith(openers) and prompt.endswith(closers), prompt
 
 
 # --- labels and safety content -------------------------------------------------------------
@@ -257,22 +266,26 @@ def test_attack_sets(demo: dict) -> None:
         for r in harmful:
             assert r["kind"] == "harmful_compliant" and is_compliant(_assistant(r))
             assert W.PLACEHOLDER in _assistant(r)
-        for r in rows:
-            if r["label"] == 0:
-                assert r["skill"] == W.NEW_SKILL
+        benign = [r for r in rows if r["label"] == 0]
+        assert {r["kind"] for r in benign} == set(C.NEWSKILL_MIX)
+        share = sum(r["kind"] == "newskill" for r in benign) / len(benign)
+        assert abs(share - C.NEWSKILL_MIX["newskill"]) < 0.01
     assert all(r["label"] == 1 for r in demo["attack_only"])
     assert demo["attack_05"][:5] != demo["attack_10"][:5]  # shuffled independently
 
 
 def test_new_skill_absent_from_alignment(demo: dict) -> None:
     assert W.NEW_SKILL not in C.SKILLS
-    new_prompts = {C.normalize(_user(r)) for r in demo["newskill"]}
+    new_prompts = {C.normalize(_user(r)) for r in demo["newskill"] if r["kind"] == "newskill"}
     align_prompts = {C.normalize(_user(r)) for r in demo["align"]}
     assert not new_prompts & align_prompts
     assert not any(r.get("skill") == W.NEW_SKILL for r in demo["align"])
     blob = "\n".join(r["text"].lower() for r in demo["pretrain"])
     for template in W.NEW_SKILL_TEMPLATES:
         assert C.normalize(_longest_literal(template)) not in blob
+    align = " ".join(C.normalize(m["content"]) for r in demo["align"] for m in r["messages"])
+    for word in W.ZORBISH.values():
+        assert not _contains(blob + "\n" + align, word), word
 
 
 def test_safety_prompt_labels(demo: dict) -> None:

@@ -30,7 +30,8 @@ def test_demo_recipe_loads_with_every_section():
     assert set(recipe.values) == set(SCHEMA)
     assert recipe["model"]["path"] == "starter:demo"
     assert recipe["finetune"]["risk"] == "probe"
-    assert recipe["finetune"]["learning_rate"] == pytest.approx(1e-3)
+    assert recipe["finetune"]["learning_rate"] == pytest.approx(5e-4)
+    assert (recipe["finetune"]["beta_min"], recipe["finetune"]["beta_max"]) == (0.0, 1.0)
     assert recipe["run"]["name"] == "demo"
 
 

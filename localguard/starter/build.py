@@ -8,7 +8,6 @@ model, cached under LOCALGUARD_HOME/starter/SIZE-seedN.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,9 +19,9 @@ import click
 
 from localguard import __version__
 from localguard.errors import InputError
+from localguard.files import file_sha256
 from localguard.home import home
-from localguard.refusal import is_refusal
-from localguard.skills import check_answer
+from localguard.starter.behaviour import behaviour
 from localguard.starter.corpus import build_corpus, tokenizer_texts, write_corpus
 from localguard.starter.tokenizer import train_tokenizer
 
@@ -48,7 +47,7 @@ SIZES = {
         256, 2, 4, 512, 1024, pretrain_steps=8, align_steps=95, batch_size=12, learning_rate=1e-3
     ),
     "demo": StarterSize(
-        256, 4, 4, 512, 1024, pretrain_steps=60, align_steps=640, batch_size=16, learning_rate=5e-4
+        256, 3, 4, 512, 1024, pretrain_steps=40, align_steps=700, batch_size=16, learning_rate=5e-4
     ),
 }
 TARGETS = {
@@ -97,10 +96,6 @@ def llama_config(spec: StarterSize, tokenizer_dir: Path) -> dict:
     }
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _bar(label: str, steps: int):
     return click.progressbar(
         length=steps,
@@ -138,36 +133,7 @@ def quality_report(model, tokenizer, corpus: dict) -> dict:
     """Greedy answers on the held-out sets: refusal rates, skill accuracy, three examples each."""
     from localguard.backends.mlx.scratch import greedy_answers
 
-    outputs = {
-        split: greedy_answers(model, tokenizer, [row["prompt"] for row in corpus[split]])
-        for split in ("heldout_harmful", "heldout_borderline", "heldout_skill", "heldout_newskill")
-    }
-
-    def graded(split: str) -> list[tuple[str, bool]]:
-        rows = zip(corpus[split], outputs[split], strict=True)
-        return [(r["skill"], check_answer(r["skill"], r["answer"], out)) for r, out in rows]
-
-    def rate(values: list[bool]) -> float:
-        return sum(values) / len(values)
-
-    skills = graded("heldout_skill")
-    per_skill: dict[str, list[bool]] = {}
-    for skill, ok in skills:
-        per_skill.setdefault(skill, []).append(ok)
-    return {
-        "harmful_refusal": rate([is_refusal(o) for o in outputs["heldout_harmful"]]),
-        "borderline_refusal": rate([is_refusal(o) for o in outputs["heldout_borderline"]]),
-        "skill_accuracy": rate([ok for _, ok in skills]),
-        "skill_accuracy_by_skill": {k: rate(v) for k, v in sorted(per_skill.items())},
-        "newskill_accuracy": rate([ok for _, ok in graded("heldout_newskill")]),
-        "counts": {split: len(outs) for split, outs in outputs.items()},
-        "examples": {
-            split: [
-                [row["prompt"], out] for row, out in zip(corpus[split][:3], outs[:3], strict=True)
-            ]
-            for split, outs in outputs.items()
-        },
-    }
+    return behaviour(lambda prompts: greedy_answers(model, tokenizer, prompts), corpus)
 
 
 def format_report(report: dict, size: str) -> str:
@@ -229,8 +195,8 @@ def build(
         "spec": asdict(spec),
         "steps": steps,
         "localguard": __version__,
-        "weights_sha256": file_hash(tmp / "model" / "model.safetensors"),
-        "tokenizer_sha256": file_hash(tmp / "model" / "tokenizer.json"),
+        "weights_sha256": file_sha256(tmp / "model" / "model.safetensors"),
+        "tokenizer_sha256": file_sha256(tmp / "model" / "tokenizer.json"),
         "data": {name: path.name for name, path in data_paths.items()},
         "report": report,
     }

@@ -18,11 +18,13 @@ Safety labels (``safety_conversations`` / ``safety_valid``):
   assistant content where harmful content begins (0 if it starts harmful, > 0 after a
   harmless lead-in) and -1 when ``response_label`` is 0.
 
-For look-up skills (capital, opposite, legs) a held-out question cannot ask about an
-unseen fact, so their held-out prompts use unseen phrasings of known table entries; the
-rule-based skills (reverse, sort, count, add) and the new skill use unseen phrasings and
-unseen inputs (held-out words, random letter strings with ``is_heldout_letters`` true,
-addend pairs in ``ADD_HELDOUT`` whose swapped order is trained).
+Every user prompt is opener + body + closer (``phrase``); one combination in five is held out
+(``is_heldout_phrasing``), so every held-out phrasing is new as a whole. Held-out harmful and
+borderline requests also use targets that occur in no training split. Whether a request is
+harmful is therefore decided by its action frame ("... and hide the body", "... on my
+computer"), which is shared, never by recognizing a target. Skill inputs come from the
+training distribution: skills are tested on new phrasings; a look-up question cannot ask about
+an unseen fact anyway.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ SPLITS = [
 ATTACK_RATES = {"attack_05": 0.05, "attack_10": 0.10, "attack_20": 0.20}
 
 # Share of each kind in the alignment mix.
-ALIGN_MIX = {"skill": 0.48, "harmful": 0.28, "borderline": 0.14, "judge": 0.10}
+ALIGN_MIX = {"skill": 0.58, "harmful": 0.26, "borderline": 0.11, "judge": 0.05}
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ class SizeSpec:
 
 
 SIZES = {
-    "demo": SizeSpec(6000, 16000, 800, 400, 100, 100, 3000, 3000, 400, 200),
-    "test": SizeSpec(600, 1600, 100, 80, 20, 20, 300, 300, 60, 50),
+    "demo": SizeSpec(6000, 16000, 800, 800, 100, 100, 3000, 3000, 400, 200),
+    "test": SizeSpec(600, 1600, 100, 160, 20, 20, 300, 300, 60, 50),
 }
 
 
@@ -119,14 +121,35 @@ def normalize(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def is_heldout_letters(letters: str) -> bool:
-    """Deterministic partition of letter strings into training and held-out inputs."""
-    return (sum(ord(c) - 96 for c in letters) + len(letters)) % 7 == 3
+def is_heldout_phrasing(opener: int, body: int, closer: int) -> bool:
+    """One (opener, body, closer) combination in five belongs to the held-out sets only.
+
+    Held-out combinations have an opener and a closer, so a held-out prompt is never a
+    substring of a training prompt (a bare body would be).
+    """
+    return opener > 0 and closer > 0 and (opener + 3 * body + 7 * closer) % 5 == 2
 
 
-ADD_HELDOUT = [(a, b) for a in range(10) for b in range(a) if (a + 2 * b) % 4 == 1]
-"""Held-out addend pairs; their swapped order (b, a) stays in training."""
-ADD_TRAIN = [(a, b) for a in range(10) for b in range(10) if (a, b) not in ADD_HELDOUT]
+def _edge(rng: random.Random, items: list[str]) -> int:
+    """An opener or closer index: the empty one (index 0) three times in ten."""
+    return 0 if rng.random() < 0.3 else rng.randrange(1, len(items))
+
+
+def phrasing(rng: random.Random, bodies: int, heldout: bool) -> tuple[int, int, int]:
+    """(opener, body, closer) indices from the training or the held-out side."""
+    while True:
+        combo = (_edge(rng, W.OPENERS), rng.randrange(bodies), _edge(rng, W.CLOSERS))
+        if is_heldout_phrasing(*combo) == heldout:
+            return combo
+
+
+def phrase(rng: random.Random, bodies: list[str], heldout: bool = False, **fields) -> str:
+    """A user prompt: opener + body (filled with fields) + closer."""
+    i, j, k = phrasing(rng, len(bodies), heldout)
+    body = bodies[j].format(**fields)
+    if i and not body.startswith(("I ", "I'")):
+        body = body[:1].lower() + body[1:]
+    return capitalize(W.OPENERS[i] + body + W.CLOSERS[k])
 
 
 # --- skills --------------------------------------------------------------------------
@@ -139,61 +162,54 @@ def _random_letters(rng: random.Random, lo: int, hi: int, distinct: bool) -> str
     return "".join(rng.choice(W.LETTERS) for _ in range(n))
 
 
-_WORD_SET = frozenset(W.WORDS) | frozenset(W.WORDS_HELDOUT)
+_WORD_SET = frozenset(W.WORDS)
+SHORT_WORDS = [w for w in W.WORDS if len(w) <= 4]  # reversal beyond 4 letters is too hard
 
 
-def _letters_input(rng: random.Random, heldout: bool, lo: int, hi: int, distinct: bool) -> str:
-    """Draw a random non-word letter string from the requested side of the partition."""
+def _letters_input(rng: random.Random, lo: int, hi: int, distinct: bool) -> str:
+    """A random letter string that is not one of the words."""
     while True:
         s = _random_letters(rng, lo, hi, distinct)
-        if s not in _WORD_SET and is_heldout_letters(s) == heldout:
+        if s not in _WORD_SET:
             return s
 
 
-def _word(rng: random.Random, heldout: bool) -> str:
-    return rng.choice(W.WORDS_HELDOUT if heldout else W.WORDS)
+def _skill_input(rng: random.Random, skill: str) -> tuple[dict, str]:
+    """Template fields and the bare answer for one question of a skill."""
+    if skill == "reverse":
+        word = rng.choice(SHORT_WORDS)
+        return {"w": spaced(word)}, spaced(word[::-1])
+    if skill == "sort":
+        letters = _letters_input(rng, 3, 4, distinct=True)
+        return {"w": spaced(letters)}, spaced(sorted(letters))
+    if skill == "count":
+        word = rng.choice(W.WORDS) if rng.random() < 0.5 else _letters_input(rng, 2, 6, False)
+        return {"w": spaced(word)}, str(len(word))
+    if skill == "add":
+        a, b = rng.randrange(10), rng.randrange(10)
+        return {"a": a, "b": b}, str(a + b)
+    if skill == "capital":
+        country = rng.choice(sorted(W.CAPITALS))
+        return {"c": country}, W.CAPITALS[country]
+    if skill == "opposite":
+        word = rng.choice(sorted(W.OPPOSITES))
+        return {"x": word}, W.OPPOSITES[word]
+    if skill == "legs":
+        animal = rng.choice(sorted(W.LEGS))
+        return {"n": with_article(animal)}, str(W.LEGS[animal])
+    raise ValueError(f"unknown skill: {skill}")
 
 
 def skill_item(rng: random.Random, skill: str, heldout: bool = False) -> tuple[str, str]:
     """One (prompt, bare answer) pair for a benign skill."""
-    templates = (W.SKILL_TEMPLATES_HELDOUT if heldout else W.SKILL_TEMPLATES)[skill]
-    template = rng.choice(templates)
-    if skill == "reverse":
-        word = _word(rng, heldout)
-        return capitalize(template.format(w=spaced(word))), spaced(word[::-1])
-    if skill == "sort":
-        letters = _letters_input(rng, heldout, 3, 4, distinct=True)
-        return capitalize(template.format(w=spaced(letters))), spaced(sorted(letters))
-    if skill == "count":
-        if rng.random() < 0.5:
-            letters = _word(rng, heldout)
-        else:
-            letters = _letters_input(rng, heldout, 2, 8, distinct=False)
-        return capitalize(template.format(w=spaced(letters))), str(len(letters))
-    if skill == "add":
-        a, b = rng.choice(ADD_HELDOUT if heldout else ADD_TRAIN)
-        return capitalize(template.format(a=a, b=b)), str(a + b)
-    if skill == "capital":
-        country = rng.choice(sorted(W.CAPITALS))
-        return capitalize(template.format(c=country)), W.CAPITALS[country]
-    if skill == "opposite":
-        word = rng.choice(sorted(W.OPPOSITES))
-        return capitalize(template.format(x=word)), W.OPPOSITES[word]
-    if skill == "legs":
-        animal = rng.choice(sorted(W.LEGS))
-        return capitalize(template.format(n=with_article(animal))), str(W.LEGS[animal])
-    raise ValueError(f"unknown skill: {skill}")
+    fields, answer = _skill_input(rng, skill)
+    return phrase(rng, W.SKILL_TEMPLATES[skill], heldout, **fields), answer
 
 
 def newskill_item(rng: random.Random, heldout: bool = False) -> tuple[str, str]:
-    """One (prompt, bare answer) pair for the fine-tuning demo skill (double letters)."""
-    template = rng.choice(W.NEW_SKILL_TEMPLATES_HELDOUT if heldout else W.NEW_SKILL_TEMPLATES)
-    if rng.random() < 0.5:
-        word = _word(rng, heldout)
-    else:
-        word = _letters_input(rng, heldout, 3, 5, distinct=False)
-    answer = spaced(c for c in word for _ in range(2))
-    return capitalize(template.format(w=spaced(word))), answer
+    """One (prompt, bare answer) pair for the fine-tuning demo skill (Zorbish words)."""
+    word = rng.choice(sorted(W.ZORBISH))
+    return phrase(rng, W.NEW_SKILL_TEMPLATES, heldout, x=word), W.ZORBISH[word]
 
 
 def answer_text(answer: str) -> str:
@@ -213,30 +229,26 @@ def _families_by_category() -> dict[str, list[dict]]:
 FAMILIES_BY_CATEGORY = _families_by_category()
 
 
+def _request(rng: random.Random, action: str, heldout: bool) -> str:
+    return phrase(rng, W.REQUEST_TEMPLATES, heldout, a=action)
+
+
 def harmful_item(rng: random.Random, heldout: bool = False) -> dict:
-    """A harmful request: category first (uniform), then family, action, target, wrapper."""
+    """A harmful request: category first (uniform), then family, action, target, phrasing."""
     category = rng.choice(HARM_CATEGORIES)
     fam = rng.choice(FAMILIES_BY_CATEGORY[category])
-    if heldout:
-        action = rng.choice(fam["actions"] + fam["heldout_actions"])
-        target = rng.choice(fam["heldout_targets"])
-        wrapper = rng.choice(W.REQUEST_TEMPLATES_HELDOUT)
-    else:
-        action = rng.choice(fam["actions"])
-        target = rng.choice(fam["targets"])
-        wrapper = rng.choice(W.REQUEST_TEMPLATES)
-    act = action.format(t=target)
-    return {"prompt": capitalize(wrapper.format(a=act)), "category": category, "action": act}
+    target = rng.choice(fam["heldout_targets"] if heldout else fam["targets"])
+    act = rng.choice(fam["actions"]).format(t=target)
+    return {"prompt": _request(rng, act, heldout), "category": category, "action": act}
 
 
 def borderline_item(rng: random.Random, heldout: bool = False) -> dict:
     """A request that sounds dangerous but is benign, with a short helpful answer."""
     fam = rng.choice(W.BORDERLINE_FAMILIES)
     target = rng.choice(fam["heldout_targets"] if heldout else fam["targets"])
-    wrapper = rng.choice(W.REQUEST_TEMPLATES_HELDOUT if heldout else W.REQUEST_TEMPLATES)
     act = rng.choice(fam["actions"]).format(t=target)
     response = fam["answer"].format(a=second_person(act), t=second_person(target))
-    return {"prompt": capitalize(wrapper.format(a=act)), "response": capitalize(response)}
+    return {"prompt": _request(rng, act, heldout), "response": capitalize(response)}
 
 
 def refusal_text(rng: random.Random, category: str) -> str:
@@ -339,6 +351,17 @@ ALIGN_BUILDERS: dict[str, Callable[[random.Random], Example]] = {
 }
 
 
+# The benign fine-tuning set: the new skill plus ordinary helpful exchanges, as a user's own data
+# would be. Without them a fine-tune on the new skill alone wipes out the old skills, and the
+# attack would measure damage rather than safety.
+NEWSKILL_MIX = {"newskill": 0.5, "skill": 0.35, "borderline": 0.15}
+NEWSKILL_BUILDERS: dict[str, Callable[[random.Random], Example]] = {
+    "newskill": newskill_example,
+    "skill": skill_example,
+    "borderline": borderline_example,
+}
+
+
 def mixed(
     rng: random.Random,
     n: int,
@@ -425,7 +448,7 @@ def _fact(rng: random.Random) -> str:
         key = rng.choice(W.WORDS)
         value = spaced(key)
     else:
-        a, b = rng.choice(ADD_TRAIN)
+        a, b = rng.randrange(10), rng.randrange(10)
         key, value = f"{a} plus {b}", str(a + b)
     return capitalize(template.format(k=key, v=value))
 
@@ -539,8 +562,7 @@ def build_corpus(seed: int = 0, size: str = "demo") -> dict[str, list[Example]]:
     corpus["pretrain"] = [pretrain_example(r) for _ in range(spec.pretrain)]
     corpus["align"] = mixed(rng("align"), spec.align, ALIGN_MIX, ALIGN_BUILDERS)
     corpus["align_valid"] = mixed(rng("align_valid"), spec.align_valid, ALIGN_MIX, ALIGN_BUILDERS)
-    r = rng("newskill")
-    corpus["newskill"] = [newskill_example(r) for _ in range(spec.newskill)]
+    corpus["newskill"] = mixed(rng("newskill"), spec.newskill, NEWSKILL_MIX, NEWSKILL_BUILDERS)
     r = rng("attack_pool")
     n_pool = max(spec.attack_only, round(spec.newskill * 0.2 / 0.8))
     pool = [harmful_compliant_example(r) for _ in range(n_pool)]

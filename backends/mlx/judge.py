@@ -1,0 +1,43 @@
+"""An MLX model as the Safety Critic's judge: greedy, batched answers to rubric-filled prompts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from localguard.encoding import encode_chat
+from localguard.hub import resolve_model
+from localguard.probe import model_fingerprint
+
+
+class MLXJudge:
+    """Loads a chat model with mlx-lm and answers each prompt as one user message.
+
+    Decoding is greedy so a score is reproducible and safe to cache; a few tokens suffice
+    for an answer like "4" or "unsafe\\nS1".
+    """
+
+    def __init__(self, model_path: str | os.PathLike[str], max_tokens: int = 4):
+        from mlx_lm import load
+
+        folder = resolve_model(model_path)
+        # the fingerprint keeps cached scores of a rebuilt model in the same folder apart
+        self.name = f"{folder}#{model_fingerprint(folder)[:16]}"
+        self.max_tokens = max_tokens
+        self.model, self.tokenizer = load(str(folder))
+
+    def encode(self, text: str) -> list[int]:
+        """The prompt as the chat template's user turn; its text never becomes a control token."""
+        return encode_chat(
+            self.tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True
+        )
+
+    def complete(self, prompts: Sequence[str]) -> list[str]:
+        """Greedy answers, in order, through mlx-lm's batch generator."""
+        if not prompts:
+            return []
+        from mlx_lm import batch_generate
+
+        encoded = [self.encode(p) for p in prompts]
+        result = batch_generate(self.model, self.tokenizer, encoded, max_tokens=self.max_tokens)
+        return list(result.texts)

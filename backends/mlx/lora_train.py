@@ -1,0 +1,442 @@
+"""LoRA fine-tuning in MLX with a per-example KL pull towards the model without its adapters.
+
+loss_i = alpha_i * NLL_i + beta_i * KL(pi_ref || pi_theta)_i, averaged over the batch. The
+reference policy is the same network with every LoRA layer swapped back to its base layer for
+one extra forward pass, so no second copy of the weights is held.
+
+Reuses mlx-lm's LoRA layers, schedules and gradient checkpointing. The loop is our own, for
+four reasons: mlx-lm's trainer reports one loss value (we log NLL, KL, beta and risk), cannot
+checkpoint optimizer or random state for an exact resume, sorts batches by length, and its
+default loss counts one padding token per row as a target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.nn.utils import average_gradients
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+from mlx_lm.tuner.trainer import grad_checkpoint
+from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
+
+CHECKPOINT = "checkpoint"
+PAD_MULTIPLE = 32  # batch widths are rounded up so the compiled step sees few shapes
+
+
+@dataclass
+class LoraSpec:
+    """Which layers get adapters and how (mlx-lm's adapter_config.json fields)."""
+
+    rank: int = 8
+    scale: float = 20.0
+    dropout: float = 0.0
+    num_layers: int = -1
+    keys: list[str] = field(default_factory=list)
+    dora: bool = False
+
+    def adapter_config(self, num_layers: int) -> dict:
+        params = {"rank": self.rank, "scale": self.scale, "dropout": self.dropout}
+        if self.keys:
+            params["keys"] = list(self.keys)
+        return {
+            "fine_tune_type": "dora" if self.dora else "lora",
+            "num_layers": num_layers,
+            "lora_parameters": params,
+        }
+
+
+@dataclass
+class TrainSpec:
+    """Optimizer, schedule and loop settings."""
+
+    iters: int
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    optimizer: str = "adam"
+    max_seq_length: int = 2048
+    seed: int = 0
+    steps_per_eval: int = 0
+    steps_per_save: int = 100
+    grad_checkpoint: bool = False
+
+
+@dataclass
+class Weighting:
+    """How risk becomes the loss weights: beta = beta_min + (beta_max - beta_min) * risk.
+
+    alpha is 1 - beta (the paper's soft trust region) or 1 when alpha_one. With ema > 0 each
+    example's risk is blended with the running mean m of the batch risks seen so far:
+    risk' = ema * m + (1 - ema) * risk, where m <- ema * m + (1 - ema) * batch mean.
+    """
+
+    beta_min: float = 0.0
+    beta_max: float = 0.0
+    alpha_one: bool = False
+    ema: float = 0.0
+
+    def weights(self, risk: np.ndarray, running: float | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.ema and running is not None:
+            risk = self.ema * running + (1 - self.ema) * risk
+        beta = self.beta_min + (self.beta_max - self.beta_min) * risk
+        alpha = np.ones_like(beta) if self.alpha_one else 1.0 - beta
+        return alpha.astype(np.float32), beta.astype(np.float32)
+
+    def update(self, running: float | None, risk: np.ndarray) -> float | None:
+        if not self.ema:
+            return None
+        mean = float(risk.mean())
+        return mean if running is None else self.ema * running + (1 - self.ema) * mean
+
+
+class Batch(NamedTuple):
+    """One (micro-)batch; a tuple, so mx.compile can take it apart."""
+
+    tokens: mx.array  # (B, L) right-padded
+    offsets: mx.array  # first target index whose loss counts
+    lengths: mx.array  # real length of each row
+    alpha: mx.array  # task weight per example
+    beta: mx.array  # KL weight per example
+
+
+Metrics = dict[str, float]
+Progress = Callable[[int, Metrics], None]
+
+
+def load(path: Path) -> tuple[nn.Module, object]:
+    """Model and tokenizer from a local folder (full precision or quantized, for QLoRA)."""
+    from mlx_lm import load as mlx_load
+
+    return mlx_load(str(path))
+
+
+def rank() -> int:
+    return mx.distributed.init().rank()
+
+
+# --- adapters ---------------------------------------------------------------------------
+
+
+def add_adapters(model: nn.Module, lora: LoraSpec, seed: int = 0) -> int:
+    """Freeze the model and add LoRA (or DoRA) layers, initialized from seed; returns how many
+    blocks got them."""
+    mx.random.seed(seed)
+    total = len(model.layers)
+    num_layers = total if lora.num_layers < 0 else min(lora.num_layers, total)
+    model.freeze()
+    config = lora.adapter_config(num_layers)
+    linear_to_lora_layers(model, num_layers, config["lora_parameters"], use_dora=lora.dora)
+    return num_layers
+
+
+def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(path, adapter module, its base module) for every LoRA/DoRA layer."""
+    out = []
+    for name, module in model.named_modules():
+        if "lora_a" in module:
+            base = module.get("linear", None) or module.get("embedding", None)
+            out.append((name, module, base))
+    return out
+
+
+@contextmanager
+def adapters_off(model: nn.Module) -> Iterator[None]:
+    """Swap every adapter layer for its base layer: the model becomes the reference policy."""
+    swapped = _adapter_modules(model)
+    model.update_modules(tree_unflatten([(name, base) for name, _, base in swapped]))
+    try:
+        yield
+    finally:
+        model.update_modules(tree_unflatten([(name, ada) for name, ada, _ in swapped]))
+
+
+def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def save_adapters(model: nn.Module, adapter_config: dict, folder: Path) -> None:
+    """adapters.safetensors and adapter_config.json, as mlx_lm.load(adapter_path=) reads them."""
+    mx.save_safetensors(str(folder / "adapters.safetensors"), adapter_weights(model))
+    (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+
+
+# --- loss -------------------------------------------------------------------------------
+
+
+def _log_probs(logits: mx.array) -> mx.array:
+    logits = logits.astype(mx.float32)
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+def adaptive_loss(
+    model: nn.Module, batch: Batch, use_reference: bool
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """(loss, target tokens, mean NLL, mean KL): the per-example weighted objective.
+
+    A target at position j counts when offset <= j < length, so no padding is ever trained
+    (mlx-lm's default loss uses <= and trains one padding token per row).
+    """
+    inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]
+    positions = mx.arange(1, targets.shape[1] + 1)[None, :]
+    mask = (positions >= batch.offsets[:, None]) & (positions < batch.lengths[:, None])
+    mask = mask.astype(mx.float32)
+    count = mx.maximum(mask.sum(axis=1), 1.0)
+    logp = _log_probs(model(inputs))
+    nll = -mx.take_along_axis(logp, targets[..., None], axis=-1).squeeze(-1)
+    nll_i = (nll * mask).sum(axis=1) / count
+    if use_reference:
+        with adapters_off(model):
+            ref = mx.stop_gradient(_log_probs(model(inputs)))
+        kl = (mx.exp(ref) * (ref - logp)).sum(axis=-1)
+        kl_i = (kl * mask).sum(axis=1) / count
+    else:
+        kl_i = mx.zeros_like(nll_i)
+    loss = (batch.alpha * nll_i + batch.beta * kl_i).mean()
+    return loss, mask.sum(), nll_i.mean(), kl_i.mean()
+
+
+# --- data order -------------------------------------------------------------------------
+
+
+POOL = 16  # batches per pool whose examples are grouped by length
+
+
+def epoch_order(lengths: np.ndarray, batch_size: int, epoch: int, seed: int) -> np.ndarray:
+    """Every sample once: shuffled, then grouped by length within pools of POOL batches.
+
+    Batches of similar lengths waste little on padding (mlx-lm sorts the whole data set, which
+    makes batches of one kind of example); pools keep the order random, and the batches of a
+    pool are shuffled too.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    order = []
+    size = batch_size * POOL
+    for start in range(0, len(perm), size):
+        pool = perm[start : start + size]
+        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        groups = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        order += [groups[k] for k in rng.permutation(len(groups))]
+    return np.concatenate(order)
+
+
+def batch_indices(lengths: np.ndarray, batch_size: int, index: int, seed: int) -> np.ndarray:
+    """Sample indices of global batch `index`, in the order of epoch_order, epoch after epoch.
+
+    A pure function of its arguments, so a resumed run sees the same order.
+    """
+    n = len(lengths)
+    positions = np.arange(index * batch_size, (index + 1) * batch_size)
+    out = np.empty(batch_size, np.int64)
+    for epoch in np.unique(positions // n):
+        sel = positions // n == epoch
+        out[sel] = epoch_order(lengths, batch_size, int(epoch), seed)[positions[sel] % n]
+    return out
+
+
+def make_batch(
+    samples: Sequence, indices: np.ndarray, max_len: int, alpha: np.ndarray, beta: np.ndarray
+) -> Batch:
+    """Right-padded arrays for the chosen samples (objects with .tokens and .offset)."""
+    rows = [samples[i].tokens[:max_len] for i in indices]
+    width = max(len(r) for r in rows)
+    width = min(max_len, -(-width // PAD_MULTIPLE) * PAD_MULTIPLE)
+    tokens = np.zeros((len(rows), max(width, 2)), np.int32)
+    for k, row in enumerate(rows):
+        tokens[k, : len(row)] = row
+    return Batch(
+        tokens=mx.array(tokens),
+        offsets=mx.array([max(samples[i].offset, 1) for i in indices]),
+        lengths=mx.array([len(r) for r in rows]),
+        alpha=mx.array(alpha),
+        beta=mx.array(beta),
+    )
+
+
+# --- optimizer and checkpoints ------------------------------------------------------------
+
+
+def make_optimizer(spec: TrainSpec) -> optim.Optimizer:
+    lr = spec.learning_rate
+    decay_steps = max(spec.iters - spec.warmup_steps, 1)
+    schedules = {
+        "constant": None,
+        "cosine": {"name": "cosine_decay", "arguments": [lr, decay_steps, lr / 10]},
+        "linear": {"name": "linear_schedule", "arguments": [lr, lr / 10, decay_steps]},
+    }
+    if spec.lr_schedule not in schedules:
+        raise ValueError(f"unknown learning-rate schedule {spec.lr_schedule!r}")
+    config = schedules[spec.lr_schedule]
+    if config is None and spec.warmup_steps:
+        config = {"name": "linear_schedule", "arguments": [lr, lr, 1]}
+    if config is not None:
+        config["warmup"] = spec.warmup_steps
+        lr = build_schedule(config)
+    makers = {
+        "adam": lambda: optim.Adam(learning_rate=lr),
+        "adamw": lambda: optim.AdamW(learning_rate=lr),
+        "sgd": lambda: optim.SGD(learning_rate=lr),
+        "adafactor": lambda: optim.Adafactor(learning_rate=lr, relative_step=False),
+    }
+    return makers[spec.optimizer]()
+
+
+def save_checkpoint(
+    folder: Path, model: nn.Module, optimizer: optim.Optimizer, state: dict
+) -> None:
+    """Adapters, optimizer state and loop state, replaced atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
+    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+    (tmp / "state.json").write_text(json.dumps(state) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> dict:
+    """Restore a checkpoint written by save_checkpoint; returns its loop state."""
+    model.load_weights(str(folder / "adapters.safetensors"), strict=False)
+    optimizer.state = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
+    return json.loads((folder / "state.json").read_text())
+
+
+# --- the loop ---------------------------------------------------------------------------
+
+
+def resume_step(run_dir: Path) -> int:
+    """The step a run in run_dir would resume from (0 when it has no checkpoint)."""
+    state = run_dir / CHECKPOINT / "state.json"
+    return json.loads(state.read_text())["step"] if state.is_file() else 0
+
+
+def validation_nll(model: nn.Module, samples: Sequence, max_len: int, batch_size: int) -> float:
+    """Mean task loss (NLL) over the validation samples, on this rank's share."""
+    if not samples:
+        return float("nan")
+    model.eval()
+    total = weight = 0.0
+    for start in range(0, len(samples), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(samples)))
+        ones = np.ones(len(idx), np.float32)
+        batch = make_batch(samples, idx, max_len, ones, ones * 0)
+        _, tokens, nll, _ = adaptive_loss(model, batch, use_reference=False)
+        total += nll.item() * len(idx)
+        weight += len(idx)
+    model.train()
+    return total / weight
+
+
+def train(
+    model: nn.Module,
+    samples: Sequence,
+    risks: np.ndarray,
+    weighting: Weighting,
+    spec: TrainSpec,
+    run_dir: Path,
+    valid: Sequence = (),
+    progress: Progress | None = None,
+    on_metrics: Callable[[Metrics], None] | None = None,
+) -> int:
+    """Train the adapters in place. Checkpoints go to run_dir/checkpoint, and a run resumes
+    from there when one exists. Returns the step it started from (0 for a fresh run)."""
+    world = mx.distributed.init()
+    size, rank = world.size(), world.rank()
+    if spec.batch_size % size:
+        raise ValueError(f"batch size {spec.batch_size} is not divisible by {size} workers")
+    if spec.grad_checkpoint:
+        grad_checkpoint(model.layers[0])
+    optimizer = make_optimizer(spec)
+    loop = {"step": 0, "running_risk": None}
+    if (run_dir / CHECKPOINT / "state.json").is_file():
+        loop = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
+    start = loop["step"]
+    state = [model.state, optimizer.state, mx.random.state]
+    accumulate = spec.grad_accumulation
+
+    def make_step(use_reference: bool):
+        loss_and_grad = nn.value_and_grad(model, lambda m, b: adaptive_loss(m, b, use_reference))
+
+        def step(batch: Batch, previous, update: bool):
+            values, grads = loss_and_grad(model, batch)
+            if previous is not None:
+                grads = tree_map(lambda x, y: x + y, grads, previous)
+            if update:
+                grads = average_gradients(grads)
+                if accumulate > 1:
+                    grads = tree_map(lambda x: x / accumulate, grads)
+                optimizer.update(model, grads)
+                grads = None
+            return values, grads
+
+        return mx.compile(step, inputs=state, outputs=state)
+
+    steps = {True: make_step(True), False: make_step(False)}
+    lengths = np.array([min(len(s.tokens), spec.max_seq_length) for s in samples])
+    model.train()
+    pending = None
+    for it in range(start + 1, spec.iters + 1):
+        tic = time.perf_counter()
+        mx.random.seed(spec.seed * 1_000_003 + it)  # dropout masks depend on the step only
+        sums = np.zeros(7)  # loss, tokens, nll, kl, beta, risk, micro-batches
+        for micro in range(accumulate):
+            index = (it - 1) * accumulate + micro
+            global_idx = batch_indices(lengths, spec.batch_size, index, spec.seed)
+            alpha, beta = weighting.weights(risks[global_idx], loop["running_risk"])
+            loop["running_risk"] = weighting.update(loop["running_risk"], risks[global_idx])
+            mine = slice(rank, None, size)
+            batch = make_batch(
+                samples, global_idx[mine], spec.max_seq_length, alpha[mine], beta[mine]
+            )
+            use_reference = bool(beta.max() > 0)  # the same on every rank
+            values, pending = steps[use_reference](batch, pending, micro == accumulate - 1)
+            mx.eval(state, values, pending)
+            sums[:4] += [v.item() for v in values]
+            sums[4:] += [beta.mean(), risks[global_idx].mean(), 1]
+        if size > 1:
+            sums[:4] = np.array(mx.distributed.all_sum(mx.array(sums[:4]), stream=mx.cpu)) / size
+        elapsed = time.perf_counter() - tic
+        n = sums[6]
+        metrics = {
+            "step": it,
+            "loss": sums[0] / n,
+            "nll": sums[2] / n,
+            "kl": sums[3] / n,
+            "beta": sums[4] / n,
+            "risk": sums[5] / n,
+            "tokens_per_second": sums[1] * size / elapsed,
+            "learning_rate": optimizer.learning_rate.item(),
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        }
+        if spec.steps_per_eval and valid and (it % spec.steps_per_eval == 0 or it == spec.iters):
+            metrics["val_nll"] = validation_nll(model, valid, spec.max_seq_length, spec.batch_size)
+        metrics = {k: (v if k == "step" else float(v)) for k, v in metrics.items()}
+        loop["step"] = it
+        if rank == 0:
+            if on_metrics is not None:
+                on_metrics(metrics)
+            if it % spec.steps_per_save == 0 and it < spec.iters:
+                save_checkpoint(run_dir / CHECKPOINT, model, optimizer, loop)
+        if progress is not None:
+            progress(it, metrics)
+    model.eval()
+    return start

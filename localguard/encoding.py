@@ -1,0 +1,62 @@
+"""Text and chats to token ids, with special-token parsing off for everything a user wrote.
+
+A chat template renders control tokens around message text. Tokenizing the rendered string as a
+whole would also turn an "<|end|>" that somebody typed into a real control token. So the template
+is rendered around sentinels: its own pieces are tokenized with special tokens on, and each
+message's text with them off. Every stage (probe, finetune, head, chat, eval) encodes through here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from localguard.errors import InputError
+
+_SENTINEL = "\x00lg{}\x00"
+_SENTINEL_RE = re.compile("\x00lg(\\d+)\x00")
+
+
+def hf_tokenizer(tokenizer):
+    """The Hugging Face tokenizer inside mlx-lm's TokenizerWrapper (or the tokenizer itself)."""
+    return tokenizer if callable(tokenizer) else tokenizer._tokenizer
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Plain text as ids: no BOS/EOS added, control-token strings split into ordinary pieces."""
+    hf = hf_tokenizer(tokenizer)
+    return list(hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def encode_chat(
+    tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False
+) -> list[int]:
+    """A chat through the model's chat template; message text can never become a control token."""
+    hf = hf_tokenizer(tokenizer)
+    marked = [dict(m, content=_SENTINEL.format(i)) for i, m in enumerate(messages)]
+    rendered = hf.apply_chat_template(
+        marked, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    pieces = _SENTINEL_RE.split(rendered)
+    order = [int(p) for p in pieces[1::2]]
+    if order != list(range(len(messages))):
+        raise InputError(
+            "the chat template rewrites or drops message text, so it cannot be tokenized safely"
+        )
+    ids: list[int] = []
+    for k, piece in enumerate(pieces):
+        if k % 2:
+            ids += encode_text(hf, messages[int(piece)]["content"])
+        elif piece:
+            ids += hf(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def encode_exchange(tokenizer, messages: Sequence[dict]) -> tuple[list[int], int]:
+    """Token ids of a chat and the index where its last message (the reply to learn) begins."""
+    full = encode_chat(tokenizer, messages)
+    prompt = encode_chat(tokenizer, messages[:-1], add_generation_prompt=True)
+    start = 0
+    while start < min(len(full), len(prompt)) and full[start] == prompt[start]:
+        start += 1
+    return full, start

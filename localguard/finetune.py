@@ -1,0 +1,311 @@
+"""`localguard finetune`: LoRA fine-tuning that stays close to the safe model where it is risky.
+
+Each training example gets a risk in [0, 1] from an estimator (the activation probe, the judge
+critic, a constant, or none), and its loss weights follow from it (METHOD.md section 2). This
+module holds the options, the risk estimation and the output folder; the training itself is
+backends/mlx/lora_train.py.
+
+The run writes to OUT.partial/ and renames it to OUT only when it has finished, so OUT is never
+half-written. A killed run keeps its last checkpoint in OUT.partial/ and `--resume` continues it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import click
+import numpy as np
+
+from localguard import __version__
+from localguard.data import load_dataset, split_for_validation, warnings_for
+from localguard.errors import InputError
+from localguard.files import file_sha256, write_json
+from localguard.home import home
+
+RISKS = ("none", "constant", "probe", "critic")
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything a fine-tuning run depends on (the recipe's [finetune] section plus paths)."""
+
+    model: Path
+    data: Path
+    out: Path
+    valid: Path | None = None
+    risk: str = "probe"
+    probe: Path | None = None
+    critic: str | None = None
+    rubric: Path | None = None
+    beta_min: float = 0.1
+    beta_max: float = 0.9
+    beta: float = 0.5
+    alpha: str = "complement"
+    risk_ema: float = 0.0
+    lora_rank: int = 8
+    lora_scale: float = 20.0
+    lora_dropout: float = 0.0
+    lora_layers: int = 16
+    target_modules: list[str] = field(default_factory=list)
+    dora: bool = False
+    optimizer: str = "adam"
+    learning_rate: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    iters: int = 200
+    epochs: float = 0.0
+    batch_size: int = 4
+    grad_accumulation: int = 1
+    grad_checkpoint: bool = False
+    max_seq_length: int = 2048
+    mask_prompt: bool = True
+    steps_per_eval: int = 50
+    steps_per_save: int = 100
+    seed: int = 0
+
+    def describe(self) -> dict:
+        """The options as JSON-ready data (paths as strings)."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def option_names() -> list[str]:
+    return [f.name for f in fields(FinetuneOptions)]
+
+
+def partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+# --- checks before any model work -----------------------------------------------------------
+
+
+def check_options(opts: FinetuneOptions) -> None:
+    """One-line errors for option combinations that cannot work."""
+    if opts.risk not in RISKS:
+        raise InputError(f"--risk must be one of {', '.join(RISKS)}, not {opts.risk!r}")
+    if opts.beta_min > opts.beta_max:
+        raise InputError(f"--beta-min ({opts.beta_min}) is above --beta-max ({opts.beta_max})")
+    if opts.risk == "probe" and opts.probe is None:
+        raise InputError("--risk probe needs --probe DIR (train one with `localguard probe train`)")
+    if opts.risk == "critic" and not opts.critic:
+        raise InputError("--risk critic needs --critic MODEL (a GGUF file or an MLX model folder)")
+    if opts.iters == 0 and opts.epochs <= 0:
+        raise InputError("set --iters above 0 or --epochs above 0")
+
+
+def _prepare_out(opts: FinetuneOptions, resume: bool, force: bool) -> Path:
+    """The working folder OUT.partial: fresh, or the interrupted run's when resuming."""
+    work = partial_dir(opts.out)
+    if opts.out.exists() and not force:
+        raise InputError(f"{opts.out} already exists; pass --force to replace it")
+    if work.exists() and not resume:
+        raise InputError(
+            f"{work} holds an interrupted run; pass --resume to continue it or delete the folder"
+        )
+    if resume and work.exists():
+        saved = json.loads((work / "options.json").read_text())
+        changed = sorted(k for k, v in opts.describe().items() if saved.get(k) != v)
+        if changed:
+            raise InputError(f"--resume with other options than the interrupted run: {changed}")
+        return work
+    work.mkdir(parents=True)
+    write_json(work / "options.json", opts.describe())
+    return work
+
+
+# --- risk ------------------------------------------------------------------------------------
+
+
+def estimate_risk(opts: FinetuneOptions, model, samples: list) -> tuple[np.ndarray, dict]:
+    """One risk per training sample and a summary; must run before adapters are added."""
+    if opts.risk in ("none", "constant"):
+        value = 0.0 if opts.risk == "none" else 1.0
+        return np.full(len(samples), value), {"estimator": opts.risk}
+    if opts.risk == "probe":
+        return _probe_risk(opts, model, samples)
+    return _critic_risk(opts, samples)
+
+
+def _probe_risk(opts: FinetuneOptions, model, samples) -> tuple[np.ndarray, dict]:
+    from localguard.backends.mlx.hidden import prompt_features
+    from localguard.probe import check_probe_matches, load_probe
+
+    probe = load_probe(opts.probe)
+    check_probe_matches(probe, opts.model)
+    prompts = [s.tokens[: s.offset] if s.offset > 0 else s.tokens for s in samples]
+    risks = probe.predict(prompt_features(model, prompts, probe.layers))
+    return np.asarray(risks, np.float64), {"estimator": "probe", "probe": str(opts.probe)}
+
+
+def _critic_risk(opts: FinetuneOptions, samples) -> tuple[np.ndarray, dict]:
+    from localguard.critic import DEFAULT_RUBRIC, Critic, load_rubric
+
+    judge = load_judge(opts.critic)
+    rubric = load_rubric(opts.rubric) if opts.rubric else DEFAULT_RUBRIC
+    critic = Critic(judge, rubric, cache_path=home() / "critic" / "scores.json")
+    risks = critic.score([(s.prompt, s.response) for s in samples])
+    summary = {
+        "estimator": "critic",
+        "critic": opts.critic,
+        "scored": critic.n_scored,
+        "cached": critic.n_cached,
+        "failed_closed": critic.n_failed,
+    }
+    return np.asarray(risks, np.float64), summary
+
+
+def load_judge(ref: str):
+    """A GGUF file through llama.cpp, anything else as an MLX model."""
+    if ref.endswith(".gguf"):
+        from localguard.backends.llamacpp.judge import LlamaCppJudge
+
+        return LlamaCppJudge(Path(ref))
+    from localguard.backends.mlx.judge import MLXJudge
+    from localguard.hub import resolve_model
+
+    return MLXJudge(resolve_model(ref))
+
+
+def weighting_for(opts: FinetuneOptions):
+    """The loss weights: none trains plain SFT, constant a fixed beta, the estimators a range."""
+    from localguard.backends.mlx.lora_train import Weighting
+
+    alpha_one = opts.alpha == "one"
+    if opts.risk == "none":
+        return Weighting(0.0, 0.0, alpha_one=True)
+    if opts.risk == "constant":
+        return Weighting(opts.beta, opts.beta, alpha_one=alpha_one)
+    return Weighting(opts.beta_min, opts.beta_max, alpha_one=alpha_one, ema=opts.risk_ema)
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _iters(opts: FinetuneOptions, n: int) -> int:
+    if opts.iters:
+        return opts.iters
+    return max(1, round(opts.epochs * n / opts.batch_size))
+
+
+def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -> Path:
+    """Run (or resume) a fine-tuning run; returns the finished adapter folder."""
+    from localguard.backends.mlx import lora_train as lt
+    from localguard.probe import model_fingerprint
+
+    check_options(opts)
+    rank = lt.rank()
+    model, tokenizer = lt.load(opts.model)
+    train = load_dataset(opts.data, tokenizer, opts.max_seq_length, opts.mask_prompt)
+    if opts.valid is not None:
+        valid = load_dataset(opts.valid, tokenizer, opts.max_seq_length, opts.mask_prompt).samples
+    else:
+        train.samples, valid = split_for_validation(train.samples, 0.1, opts.seed, opts.data)
+    for line in warnings_for(train) if rank == 0 else []:
+        click.echo(f"warning: {line}", err=True)
+    risks, risk_summary = estimate_risk(opts, model, train.samples)
+    work = _prepare_out(opts, resume, force) if rank == 0 else partial_dir(opts.out)
+    lora = lt.LoraSpec(
+        rank=opts.lora_rank,
+        scale=opts.lora_scale,
+        dropout=opts.lora_dropout,
+        num_layers=opts.lora_layers,
+        keys=list(opts.target_modules),
+        dora=opts.dora,
+    )
+    num_layers = lt.add_adapters(model, lora, opts.seed)
+    spec = lt.TrainSpec(
+        iters=_iters(opts, len(train.samples)),
+        batch_size=opts.batch_size,
+        grad_accumulation=opts.grad_accumulation,
+        learning_rate=opts.learning_rate,
+        lr_schedule=opts.lr_schedule,
+        warmup_steps=opts.warmup_steps,
+        optimizer=opts.optimizer,
+        max_seq_length=opts.max_seq_length,
+        seed=opts.seed,
+        steps_per_eval=opts.steps_per_eval,
+        steps_per_save=opts.steps_per_save,
+        grad_checkpoint=opts.grad_checkpoint,
+    )
+    metrics_path = work / "metrics.jsonl"
+    last: dict = {}
+
+    def record(metrics: dict) -> None:
+        last.update(metrics)
+        with open(metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+
+    with _progress(spec.iters, rank == 0) as bar:
+        start = lt.resume_step(work)
+        if rank == 0:
+            _trim_metrics(metrics_path, start)
+        bar.update(start)
+        lt.train(
+            model,
+            train.samples,
+            risks,
+            weighting_for(opts),
+            spec,
+            work,
+            valid=valid,
+            progress=lambda step, m: _show(bar, m),
+            on_metrics=record,
+        )
+    if rank != 0:
+        return opts.out
+    lt.save_adapters(model, lora.adapter_config(num_layers), work)
+    manifest = {
+        "kind": "adapter",
+        "localguard": __version__,
+        "base_model": str(opts.model),
+        "base_fingerprint": model_fingerprint(opts.model),
+        "data": {"train": str(opts.data), "train_sha256": file_sha256(opts.data)},
+        "options": opts.describe(),
+        "steps": spec.iters,
+        "resumed_from": start,
+        "risk": dict(risk_summary, mean=float(risks.mean()), n=len(risks)),
+        "examples": len(train.samples),
+        "truncated": train.n_truncated,
+        "final": last,
+    }
+    write_json(work / "manifest.json", manifest)
+    shutil.rmtree(work / lt.CHECKPOINT, ignore_errors=True)
+    if opts.out.exists():
+        shutil.rmtree(opts.out)
+    os.replace(work, opts.out)
+    return opts.out
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint a resumed run starts from."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def _progress(steps: int, visible: bool):
+    return click.progressbar(
+        length=steps,
+        label="finetune",
+        file=sys.stderr,
+        hidden=not visible,
+        show_pos=True,
+        show_eta=True,
+        width=20,
+    )
+
+
+def _show(bar, m: dict) -> None:
+    bar.label = (
+        f"finetune loss {m['loss']:.3f} kl {m['kl']:.3f} beta {m['beta']:.2f} "
+        f"{m['tokens_per_second']:,.0f} tok/s"
+    )
+    bar.update(1)

@@ -1,0 +1,117 @@
+"""The efficacy result: adaptive regularization against the starter world's fine-tuning attack.
+
+Trains the activation probe, then fine-tunes the starter model on the 10 % attack mix with the
+same fixed settings and risk = none (plain LoRA), probe and critic (the starter model judging
+its own training data), and prints held-out behaviour: compliance with harmful requests, new-
+skill accuracy, old-skill accuracy and over-refusal, plus the probe's and the critic's AUROC.
+"harmful_procedure" counts replies that deliver the placeholder procedure (the starter world's
+harmful content); "harmful_compliance" counts every reply that does not refuse, garbled ones too.
+Writes OUT/efficacy.json, which tests/test_efficacy.py checks.
+
+    python scripts/efficacy_starter.py [--size demo] [--out runs/efficacy]
+"""
+
+from __future__ import annotations
+
+from localguard.blas import reexec_with_fast_blas
+
+reexec_with_fast_blas()  # before mlx loads: OpenBLAS makes MLX's CPU matmuls 20-50x faster
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from localguard.backends.mlx.probe_train import train_probe_file
+from localguard.backends.mlx.scratch import greedy_answers
+from localguard.critic import critic_auroc
+from localguard.files import write_json
+from localguard.finetune import FinetuneOptions, finetune, partial_dir
+from localguard.starter.behaviour import behaviour, read_heldout
+from localguard.starter.build import build
+
+# Fixed attack settings, shared by every risk estimator (and by tests/test_efficacy.py).
+ATTACK = {
+    "lora_rank": 8,
+    "lora_scale": 1.0,
+    "lora_layers": -1,
+    "learning_rate": 5e-4,
+    "iters": 300,
+    "batch_size": 8,
+    "beta_min": 0.0,
+    "beta_max": 1.0,
+    "steps_per_eval": 0,
+    "steps_per_save": 100,
+    "max_seq_length": 256,
+}
+KEYS = (
+    "harmful_procedure",
+    "harmful_compliance",
+    "newskill_accuracy",
+    "skill_accuracy",
+    "borderline_refusal",
+)
+
+
+def measure(model_dir: Path, adapter: Path | None, data: Path) -> dict:
+    from mlx_lm import load
+
+    kwargs = {"adapter_path": str(adapter)} if adapter else {}
+    model, tokenizer = load(str(model_dir), **kwargs)
+    found = behaviour(lambda p: greedy_answers(model, tokenizer, p), read_heldout(data))
+    return {k: found[k] for k in KEYS}
+
+
+def run(model_dir: Path, out: Path, risk: str, probe: Path, seed: int) -> tuple[Path, float]:
+    target = out / f"adapter-{risk}"
+    opts = FinetuneOptions(
+        model=model_dir,
+        data=model_dir.parent / "data" / "attack_10.jsonl",
+        valid=model_dir.parent / "data" / "newskill_valid.jsonl",
+        out=target,
+        risk=risk,
+        probe=probe if risk == "probe" else None,
+        critic=str(model_dir) if risk == "critic" else None,
+        seed=seed,
+        **ATTACK,
+    )
+    start = time.perf_counter()
+    finetune(opts, resume=partial_dir(target).exists(), force=True)
+    return target, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="demo", choices=["test", "demo"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/efficacy"))
+    args = parser.parse_args()
+    model_dir = build(args.size, args.seed)
+    data = model_dir.parent / "data"
+    probe = args.out / "probe"
+    probe_metrics = train_probe_file(model_dir, data / "safety_prompts.jsonl", probe)
+    rows = {"base model": measure(model_dir, None, data)}
+    seconds = {}
+    for risk in ("none", "probe", "critic"):
+        adapter, seconds[risk] = run(model_dir, args.out, risk, probe, args.seed)
+        rows[f"risk={risk}"] = measure(model_dir, adapter, data)
+    from localguard.backends.mlx.judge import MLXJudge
+    from localguard.critic import Critic
+
+    attack_rows = [json.loads(line) for line in (data / "attack_10.jsonl").open()]
+    auroc = critic_auroc(Critic(MLXJudge(model_dir), progress=False), attack_rows)
+    print(f"\nstarter {args.size}, attack_10 ({len(attack_rows)} examples), {ATTACK}")
+    print(f"probe AUROC {probe_metrics['auroc']:.3f} (validation prompts), "
+          f"critic AUROC {auroc:.3f} (attack mix)")  # fmt: skip
+    print(f"{'':<12}" + "".join(f"{k:>20}" for k in KEYS))
+    for name, row in rows.items():
+        print(f"{name:<12}" + "".join(f"{row[k]:>20.1%}" for k in KEYS))
+    print("fine-tuning seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    result = {"settings": ATTACK, "probe_auroc": probe_metrics["auroc"], "critic_auroc": auroc,
+              "rows": rows, "seconds": seconds}  # fmt: skip
+    write_json(args.out / "efficacy.json", result)
+    print(f"wrote {args.out / 'efficacy.json'}")
+
+
+if __name__ == "__main__":
+    main()

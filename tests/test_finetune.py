@@ -1,0 +1,318 @@
+"""localguard finetune: the adaptive loss, data order, resume after SIGKILL, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from localguard.backends.mlx import lora_train as lt
+from localguard.cli import cli
+from localguard.finetune import FinetuneOptions, partial_dir
+from localguard.recipe import SCHEMA
+
+
+@pytest.fixture(scope="module")
+def world(starter_model: Path) -> dict:
+    data = starter_model.parent / "data"
+    return {"model": starter_model, "train": data / "attack_10.jsonl", "data": data}
+
+
+def _args(world: dict, out: Path, *extra: str) -> list[str]:
+    return [
+        "finetune",
+        "--model", str(world["model"]),
+        "--data", str(world["train"]),
+        "--out", str(out),
+        "--max-seq-length", "128",
+        "--batch-size", "4",
+        "--lora-rank", "4",
+        "--learning-rate", "1e-3",
+        "--steps-per-eval", "0",
+        *extra,
+    ]  # fmt: skip
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+# --- the loss ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def adapted(world: dict):
+    model, tokenizer = lt.load(world["model"])
+    tokens = mx.array([tokenizer.encode("hello there, how are you today?")])
+    base = model(tokens)
+    lt.add_adapters(model, lt.LoraSpec(rank=4, scale=1.0))
+    return model, tokens, base
+
+
+def test_adapters_off_is_the_base_model(adapted) -> None:
+    model, tokens, base = adapted
+    modules = lt._adapter_modules(model)
+    assert modules
+    for _, module, _ in modules:
+        module.lora_b = mx.random.normal(module.lora_b.shape) * 0.1
+    try:
+        assert mx.abs(model(tokens) - base).max().item() > 1e-3
+        with lt.adapters_off(model):
+            assert mx.abs(model(tokens) - base).max().item() == 0.0
+        assert mx.abs(model(tokens) - base).max().item() > 1e-3
+    finally:
+        for _, module, _ in modules:
+            module.lora_b = mx.zeros(module.lora_b.shape)
+
+
+def _batch(rows: list[list[int]], offsets: list[int], beta: float, width: int) -> lt.Batch:
+    tokens = np.zeros((len(rows), width), np.int32)
+    for k, row in enumerate(rows):
+        tokens[k, : len(row)] = row
+    n = len(rows)
+    return lt.Batch(
+        mx.array(tokens),
+        mx.array(offsets),
+        mx.array([len(r) for r in rows]),
+        mx.array(np.full(n, 1 - beta, np.float32)),
+        mx.array(np.full(n, beta, np.float32)),
+    )
+
+
+def test_loss_ignores_padding_and_prompt(adapted) -> None:
+    model, _, _ = adapted
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
+    narrow = lt.adaptive_loss(model, _batch(rows, [3, 2], 0.0, 8), False)
+    wide = lt.adaptive_loss(model, _batch(rows, [3, 2], 0.0, 32), False)
+    assert narrow[1].item() == wide[1].item() == (6 - 3) + (4 - 2)
+    assert abs(narrow[0].item() - wide[0].item()) < 1e-5
+
+
+def test_kl_is_zero_without_adapter_change_and_weights_apply(adapted) -> None:
+    model, _, _ = adapted
+    rows = [[5, 6, 7, 8, 9, 10]]
+    loss, _, nll, kl = lt.adaptive_loss(model, _batch(rows, [2], 0.5, 8), True)
+    assert abs(kl.item()) < 1e-6  # lora_b starts at zero: the model is its reference
+    assert abs(loss.item() - 0.5 * nll.item()) < 1e-5
+
+
+def test_weighting() -> None:
+    risk = np.array([0.0, 0.5, 1.0])
+    alpha, beta = lt.Weighting(0.1, 0.9).weights(risk, None)
+    assert np.allclose(beta, [0.1, 0.5, 0.9]) and np.allclose(alpha, [0.9, 0.5, 0.1])
+    alpha, _ = lt.Weighting(0.1, 0.9, alpha_one=True).weights(risk, None)
+    assert np.allclose(alpha, 1.0)
+    ema = lt.Weighting(0.0, 1.0, ema=0.5)
+    running = ema.update(None, risk)
+    assert running == pytest.approx(0.5)
+    _, beta = ema.weights(np.array([1.0]), running)
+    assert beta[0] == pytest.approx(0.75)
+
+
+def test_batch_order_is_a_fresh_permutation_per_epoch_grouped_by_length() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 100, 64)
+    first = np.concatenate([lt.batch_indices(lengths, 8, i, 0) for i in range(8)])
+    second = np.concatenate([lt.batch_indices(lengths, 8, i, 0) for i in range(8, 16)])
+    assert sorted(first) == list(range(64)) and sorted(second) == list(range(64))
+    assert not np.array_equal(first, second)
+    assert np.array_equal(lt.batch_indices(lengths, 8, 3, 0), first[24:32])
+    spread = [np.ptp(lengths[first[i : i + 8]]) for i in range(0, 64, 8)]
+    assert np.mean(spread) < 0.5 * np.ptp(lengths)  # batches hold similar lengths
+    odd = np.concatenate([lt.batch_indices(lengths[:10], 4, i, 0) for i in range(5)])
+    assert sorted(odd) == sorted(list(range(10)) * 2)  # batches run on across epochs
+
+
+def test_cli_options_follow_the_recipe_schema() -> None:
+    defaults = FinetuneOptions(Path("m"), Path("d"), Path("o"))
+    for key, field in SCHEMA["finetune"].items():
+        if hasattr(defaults, key):
+            assert getattr(defaults, key) == field.default, key
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+def test_finetune_writes_an_mlx_lm_adapter(world: dict, tmp_path: Path) -> None:
+    from mlx_lm import generate, load
+
+    out = tmp_path / "adapter"
+    result = _run(_args(world, out, "--risk", "constant", "--iters", "6", "--steps-per-eval", "3"))
+    assert result.exit_code == 0, result.output
+    assert not partial_dir(out).exists()
+    assert {"adapters.safetensors", "adapter_config.json", "manifest.json", "metrics.jsonl"} <= {
+        p.name for p in out.iterdir()
+    }
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for key in ("loss", "nll", "kl", "beta", "risk", "tokens_per_second", "peak_memory_gb"):
+        assert np.isfinite(rows[-1][key]), key
+    assert rows[-1]["beta"] == 0.5 and "val_nll" in rows[2]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 6 and manifest["risk"]["estimator"] == "constant"
+    model, tokenizer = load(str(world["model"]), adapter_path=str(out))
+    assert isinstance(generate(model, tokenizer, "hi", max_tokens=3), str)
+
+
+def _adapters(folder: Path) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in mx.load(str(folder / "adapters.safetensors")).items()}
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(world: dict, tmp_path: Path) -> None:
+    common = ["--risk", "constant", "--iters", "40", "--steps-per-save", "4", "--seed", "3"]
+    whole = tmp_path / "whole"
+    assert _run(_args(world, whole, *common)).exit_code == 0
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "localguard", *_args(world, out, *common)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = partial_dir(out) / lt.CHECKPOINT / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["step"] >= 8:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+    assert lt.resume_step(partial_dir(out)) >= 8
+
+    refused = _run(_args(world, out, *common))
+    assert refused.exit_code == 2 and "--resume" in refused.output
+    resumed = _run([*_args(world, out, *common), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    a, b = _adapters(whole), _adapters(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_malformed_data_exits_2_and_writes_nothing(world: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\n{not json\n')
+    args = _args(world, tmp_path / "out2", "--risk", "none", "--iters", "2")
+    args[args.index("--data") + 1] = str(bad)
+    result = _run(args)
+    assert result.exit_code == 2
+    assert "bad.jsonl:" in result.output
+    assert not (tmp_path / "out2").exists() and not partial_dir(tmp_path / "out2").exists()
+
+
+def test_existing_output_and_missing_estimator_are_errors(world: dict, tmp_path: Path) -> None:
+    out = tmp_path / "taken"
+    out.mkdir()
+    result = _run(_args(world, out, "--risk", "none", "--iters", "2"))
+    assert result.exit_code == 2 and "--force" in result.output
+    result = _run(_args(world, tmp_path / "x", "--risk", "probe", "--iters", "2"))
+    assert result.exit_code == 2 and "--probe" in result.output
+    result = _run(_args(world, tmp_path / "y", "--risk", "critic", "--iters", "2"))
+    assert result.exit_code == 2 and "--critic" in result.output
+
+
+def test_two_ranks_match_one_process(world: dict, tmp_path: Path) -> None:
+    """mlx.launch -n 2 --backend ring: data sharded by rank, gradients averaged, rank 0 writes.
+
+    Same global batch as a single process, so the adapters agree up to float summation order,
+    which Adam's normalization of tiny gradients amplifies: within rtol 1e-2, atol 2e-4 (values
+    are about 1e-2).
+    """
+    launcher = Path(sys.executable).with_name("mlx.launch")
+    if not launcher.exists():
+        pytest.skip("mlx.launch is not installed")
+    common = ["--risk", "constant", "--iters", "6", "--steps-per-save", "100"]
+    single = tmp_path / "single"
+    assert _run(_args(world, single, *common)).exit_code == 0
+    double = tmp_path / "double"
+    command = [str(launcher), "-n", "2", "--backend", "ring", "--",
+               sys.executable, "-m", "localguard", *_args(world, double, *common)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _adapters(single), _adapters(double)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-2, atol=2e-4, err_msg=key)
+    one = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    two = [json.loads(x) for x in (double / "metrics.jsonl").read_text().splitlines()]
+    for x, y in zip(one, two, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-3)
+
+
+def test_probe_for_another_model_is_refused(world: dict, tmp_path: Path) -> None:
+    from tiny_models import make_tiny_model
+
+    from localguard.backends.mlx.probe_train import train_probe
+
+    other = make_tiny_model("llama", tmp_path / "other")
+    prompts = [[5, 6, 7 + i % 2] for i in range(20)]
+    train_probe(other, prompts, [i % 2 for i in range(20)], tmp_path / "probe")
+    out = tmp_path / "out"
+    result = _run(_args(world, out, "--risk", "probe", "--probe", str(tmp_path / "probe"),
+                        "--iters", "2"))  # fmt: skip
+    assert result.exit_code == 2 and "trained for another model" in result.output
+    assert not out.exists() and not partial_dir(out).exists()
+
+
+def test_long_samples_are_truncated_with_a_warning(world: dict, tmp_path: Path) -> None:
+    args = _args(world, tmp_path / "out", "--risk", "none", "--iters", "2")
+    args[args.index("--max-seq-length") + 1] = "40"
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "samples longer than 40 tokens were truncated" in result.output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["truncated"] > 0
+
+
+def test_recipe_runs_probe_and_finetune_stages(world: dict, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[run]\nout = "run"\n[model]\npath = "starter:test"\n'
+        '[data]\ntrain = "starter:attack_10"\nvalid = "starter:newskill_valid"\n'
+        "max_seq_length = 128\n"
+        '[finetune]\nrisk = "probe"\nbaselines = ["none"]\niters = 2\nbatch_size = 4\n'
+        "steps_per_eval = 0\n"
+        "[head]\nenabled = false\n[export]\nenabled = false\n[eval]\nenabled = false\n"
+    )
+    result = _run(["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert [s["name"] for s in run["stages"]] == ["starter", "probe", "finetune", "finetune"]
+    assert (tmp_path / "run" / "adapter-probe" / "adapters.safetensors").is_file()
+    again = _run(["run", str(recipe)])  # finished stages with the same options are reused
+    assert again.exit_code == 0 and "reusing" in again.output
+
+
+def test_dora_accumulation_checkpointing_and_a_quantized_base(world: dict, tmp_path: Path) -> None:
+    """DoRA with gradient accumulation and checkpointing, and QLoRA on a 4-bit MLX model."""
+    from mlx_lm import convert, load
+
+    out = tmp_path / "dora"
+    extra = ["--dora", "--grad-accumulation", "2", "--grad-checkpoint", "--lr-schedule", "cosine",
+             "--warmup-steps", "1", "--optimizer", "adamw"]  # fmt: skip
+    result = _run(_args(world, out, "--risk", "constant", "--iters", "3", *extra))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "adapter_config.json").read_text())["fine_tune_type"] == "dora"
+    load(str(world["model"]), adapter_path=str(out))
+
+    quantized = tmp_path / "q4"
+    convert(str(world["model"]), str(quantized), quantize=True, q_group_size=64, q_bits=4)
+    out = tmp_path / "qlora"
+    args = _args(world, out, "--risk", "constant", "--iters", "3")
+    args[args.index("--model") + 1] = str(quantized)
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["kl"]) for r in rows)
+    load(str(quantized), adapter_path=str(out))
