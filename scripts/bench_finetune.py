@@ -33,6 +33,26 @@ SETTINGS = {"batch_size": 8, "max_seq_length": 256, "rank": 8, "scale": 20.0, "l
 WARMUP = 5  # steps excluded from timing (compilation, allocation)
 
 
+class StepClock:
+    """Wall time between step reports, measured the same way for every trainer."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.last = time.perf_counter()
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+
+    def tick(self, *_args) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.last = now
+
+    def result(self) -> dict:
+        return {"step_s": statistics.median(self.times[WARMUP:]),
+                "peak_gb": mx.get_peak_memory() / 1e9}  # fmt: skip
+
+
 def _samples(model_dir: Path, tokenizer):
     from localguard.data import load_dataset
 
@@ -53,19 +73,14 @@ def run_mlx_lm(model_dir: Path, steps: int) -> dict:
     mx.random.seed(0)
     lora = {"rank": SETTINGS["rank"], "scale": SETTINGS["scale"], "dropout": 0.0}
     linear_to_lora_layers(model, len(model.layers), lora)
-    times: list[float] = []
-    clock = [time.perf_counter()]
+    clock = StepClock()
 
-    class Clock(TrainingCallback):
-        """Wall time between step reports, measured the same way as for localguard."""
-
+    class Report(TrainingCallback):
         def on_train_loss_report(self, info: dict) -> None:
-            now = time.perf_counter()
-            times.append(now - clock[0])
-            clock[0] = now
+            clock.tick()
 
     mx.reset_peak_memory()
-    clock[0] = time.perf_counter()
+    clock.start()
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArgs(
             batch_size=SETTINGS["batch_size"], iters=steps, steps_per_report=1,
@@ -73,8 +88,8 @@ def run_mlx_lm(model_dir: Path, steps: int) -> dict:
             adapter_file=str(Path(tmp) / "adapters.safetensors"),
         )  # fmt: skip
         train(model, optim.Adam(learning_rate=SETTINGS["lr"]), dataset, args=args,
-              training_callback=Clock())  # fmt: skip
-    return {"step_s": statistics.median(times[WARMUP:]), "peak_gb": mx.get_peak_memory() / 1e9}
+              training_callback=Report())  # fmt: skip
+    return clock.result()
 
 
 def run_localguard(model_dir: Path, steps: int, risk: str, probe: Path | None) -> dict:
@@ -91,19 +106,12 @@ def run_localguard(model_dir: Path, steps: int, risk: str, probe: Path | None) -
         iters=steps, batch_size=SETTINGS["batch_size"], learning_rate=SETTINGS["lr"],
         max_seq_length=SETTINGS["max_seq_length"], steps_per_save=10**9,
     )  # fmt: skip
-    times: list[float] = []
-    clock = [time.perf_counter()]
-
-    def tick(step: int, metrics: dict) -> None:
-        now = time.perf_counter()
-        times.append(now - clock[0])
-        clock[0] = now
-
+    clock = StepClock()
     mx.reset_peak_memory()
-    clock[0] = time.perf_counter()
+    clock.start()
     with tempfile.TemporaryDirectory() as tmp:
-        lt.train(model, samples, risks, weighting_for(opts), spec, Path(tmp), progress=tick)
-    return {"step_s": statistics.median(times[WARMUP:]), "peak_gb": mx.get_peak_memory() / 1e9}
+        lt.train(model, samples, risks, weighting_for(opts), spec, Path(tmp), progress=clock.tick)
+    return clock.result()
 
 
 def worker(mode: str, model_dir: Path, steps: int, probe: Path | None) -> None:
