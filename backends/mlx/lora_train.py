@@ -177,31 +177,30 @@ def save_adapters(model: nn.Module, adapter_config: dict, folder: Path) -> None:
 # --- loss -------------------------------------------------------------------------------
 
 
-def _log_probs(logits: mx.array) -> mx.array:
-    logits = logits.astype(mx.float32)
-    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-
-
 def adaptive_loss(
     model: nn.Module, batch: Batch, use_reference: bool
 ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
     """(loss, target tokens, mean NLL, mean KL): the per-example weighted objective.
 
     A target at position j counts when offset <= j < length, so no padding is ever trained
-    (mlx-lm's default loss uses <= and trains one padding token per row).
+    (mlx-lm's default loss uses <= and trains one padding token per row). Neither term builds
+    the policy's full log-softmax: NLL = logsumexp - target logit, and
+    KL(ref || model) = sum_v p_ref (log p_ref - logit_v) + logsumexp.
     """
     inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]
     positions = mx.arange(1, targets.shape[1] + 1)[None, :]
     mask = (positions >= batch.offsets[:, None]) & (positions < batch.lengths[:, None])
     mask = mask.astype(mx.float32)
     count = mx.maximum(mask.sum(axis=1), 1.0)
-    logp = _log_probs(model(inputs))
-    nll = -mx.take_along_axis(logp, targets[..., None], axis=-1).squeeze(-1)
+    logits = model(inputs).astype(mx.float32)
+    lse = mx.logsumexp(logits, axis=-1)
+    nll = lse - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
     nll_i = (nll * mask).sum(axis=1) / count
     if use_reference:
         with adapters_off(model):
-            ref = mx.stop_gradient(_log_probs(model(inputs)))
-        kl = (mx.exp(ref) * (ref - logp)).sum(axis=-1)
+            ref = mx.stop_gradient(model(inputs).astype(mx.float32))
+        ref = ref - mx.logsumexp(ref, axis=-1, keepdims=True)
+        kl = (mx.exp(ref) * (ref - logits)).sum(axis=-1) + lse
         kl_i = (kl * mask).sum(axis=1) / count
     else:
         kl_i = mx.zeros_like(nll_i)
