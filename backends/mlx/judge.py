@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from localguard.encoding import encode_chat
+from localguard.backends.mlx.scratch import greedy_answers
 from localguard.hub import resolve_model
 from localguard.probe import model_fingerprint
 
@@ -26,18 +26,8 @@ class MLXJudge:
         self.max_tokens = max_tokens
         self.model, self.tokenizer = load(str(folder))
 
-    def encode(self, text: str) -> list[int]:
-        """The prompt as the chat template's user turn; its text never becomes a control token."""
-        return encode_chat(
-            self.tokenizer, [{"role": "user", "content": text}], add_generation_prompt=True
-        )
-
     def complete(self, prompts: Sequence[str]) -> list[str]:
         """Greedy answers, in order, through mlx-lm's batch generator."""
         if not prompts:
             return []
-        from mlx_lm import batch_generate
-
-        encoded = [self.encode(p) for p in prompts]
-        result = batch_generate(self.model, self.tokenizer, encoded, max_tokens=self.max_tokens)
-        return list(result.texts)
+        return greedy_answers(self.model, self.tokenizer, prompts, max_tokens=self.max_tokens)

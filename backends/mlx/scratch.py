@@ -18,6 +18,9 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models import llama
 
+from localguard.encoding import encode_chat as encode_chat_prompt
+from localguard.encoding import encode_exchange
+
 Example = tuple[list[int], int]  # tokens, index of the first token the loss counts
 Progress = Callable[[int, float, float], None]  # step, loss, tokens per second
 
@@ -43,15 +46,7 @@ def parameter_count(model: nn.Module) -> int:
 
 def encode_chat(tokenizer, rows: Sequence[dict]) -> list[Example]:
     """Chat rows ({"messages": [...]}) as token ids, the loss starting at the last reply."""
-    examples = []
-    for row in rows:
-        messages = row["messages"]
-        tokens = tokenizer.apply_chat_template(messages, return_dict=False)
-        prompt = tokenizer.apply_chat_template(
-            messages[:-1], add_generation_prompt=True, return_dict=False
-        )
-        examples.append((list(tokens), len(prompt)))
-    return examples
+    return [encode_exchange(tokenizer, row["messages"]) for row in rows]
 
 
 def encode_text(tokenizer, rows: Sequence[dict]) -> list[Example]:
@@ -190,13 +185,13 @@ def save(model: nn.Module, config: dict, out: Path) -> None:
 def greedy_answers(
     model: nn.Module, tokenizer, prompts: Sequence[str], max_tokens: int = 48
 ) -> list[str]:
-    """Greedy replies to single-turn user prompts, batched through mlx-lm's batch generator."""
+    """Greedy replies to single-turn user prompts, batched through mlx-lm's batch generator.
+
+    Prompts are user text: they are encoded with special-token parsing off."""
     from mlx_lm import batch_generate
 
+    user = [[{"role": "user", "content": p}] for p in prompts]
     encoded = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False
-        )
-        for p in prompts
+        encode_chat_prompt(tokenizer, messages, add_generation_prompt=True) for messages in user
     ]
     return list(batch_generate(model, tokenizer, encoded, max_tokens=max_tokens).texts)
