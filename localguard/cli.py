@@ -147,10 +147,10 @@ def schema_options(section: str, names: list[str]):
 
 
 FINETUNE_KEYS = [
-    "risk", "beta_min", "beta_max", "beta", "alpha", "risk_ema", "lora_rank", "lora_scale",
-    "lora_dropout", "lora_layers", "target_modules", "dora", "optimizer", "learning_rate",
-    "lr_schedule", "warmup_steps", "iters", "epochs", "batch_size", "grad_accumulation",
-    "grad_checkpoint", "mask_prompt", "steps_per_eval", "steps_per_save",
+    "risk", "beta_min", "beta_max", "beta", "alpha", "risk_ema", "kl_sample_below", "lora_rank",
+    "lora_scale", "lora_dropout", "lora_layers", "target_modules", "dora", "optimizer",
+    "learning_rate", "lr_schedule", "warmup_steps", "iters", "epochs", "batch_size",
+    "grad_accumulation", "grad_checkpoint", "mask_prompt", "steps_per_eval", "steps_per_save",
 ]  # fmt: skip
 
 

@@ -47,6 +47,7 @@ class FinetuneOptions:
     beta: float = 0.5
     alpha: str = "complement"
     risk_ema: float = 0.0
+    kl_sample_below: float = 1.0
     lora_rank: int = 8
     lora_scale: float = 20.0
     lora_dropout: float = 0.0
@@ -179,8 +180,8 @@ def weighting_for(opts: FinetuneOptions):
     if opts.risk == "none":
         return Weighting(0.0, 0.0, alpha_one=True)
     if opts.risk == "constant":
-        return Weighting(opts.beta, opts.beta, alpha_one=alpha_one)
-    return Weighting(opts.beta_min, opts.beta_max, alpha_one=alpha_one, ema=opts.risk_ema)
+        return Weighting(opts.beta, opts.beta, alpha_one, sample_below=opts.kl_sample_below)
+    return Weighting(opts.beta_min, opts.beta_max, alpha_one, opts.risk_ema, opts.kl_sample_below)
 
 
 # --- the run ---------------------------------------------------------------------------------

@@ -112,6 +112,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "beta": _f("float", 0.5, "fixed KL weight for risk = constant", low=0.0, high=1.0),
         "alpha": _f("str", "complement", "task weight", choices=("complement", "one")),
         "risk_ema": _f("float", 0.0, "moving-average factor for risk (0: off)", low=0.0, high=0.99),
+        "kl_sample_below": _f(
+            "float",
+            1.0,
+            "rows with a KL weight below this get the reference pass with probability "
+            "weight / value, weighted up so the expected loss is unchanged (0: every row)",
+            low=0.0,
+            high=1.0,
+        ),
         "baselines": _f(
             "list[str]",
             [],

@@ -2,9 +2,11 @@
 
 On the starter demo model with the same data, LoRA settings, batch size and sequence length:
 (a) mlx-lm's trainer with its default loss, (b) localguard with risk=none, (c) localguard with
-risk=probe (an extra reference forward pass for the KL term). Each measurement runs in a fresh
-process (clean peak-memory counter); the three alternate for --repeats rounds and the medians
-are compared, so machine noise hits all three alike. Prints the ratios b/a and c/a.
+risk=probe (an extra reference forward pass for the KL term, on the rows the recipe's default
+kl_sample_below picks). Each measurement runs in a fresh process (clean peak-memory counter) and
+reports the mean step time, since (c)'s steps differ in cost; the three alternate for --repeats
+rounds and the medians are compared, so machine noise hits all three alike. Prints the ratios
+b/a and c/a.
 
 Targets (the finetune issue): time b/a <= 1.05, c/a <= 1.35; peak memory c/a <= 1.10.
 
@@ -38,19 +40,23 @@ class StepClock:
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.reference_rows: list[float] = []
         self.last = time.perf_counter()
 
     def start(self) -> None:
         self.last = time.perf_counter()
 
-    def tick(self, *_args) -> None:
+    def tick(self, _step: int = 0, metrics: dict | None = None) -> None:
         now = time.perf_counter()
         self.times.append(now - self.last)
         self.last = now
+        if metrics and "reference_rows" in metrics:
+            self.reference_rows.append(metrics["reference_rows"])
 
     def result(self) -> dict:
-        return {"step_s": statistics.median(self.times[WARMUP:]),
-                "peak_gb": mx.get_peak_memory() / 1e9}  # fmt: skip
+        rows = statistics.mean(self.reference_rows) if self.reference_rows else 0.0
+        return {"step_s": statistics.mean(self.times[WARMUP:]),
+                "peak_gb": mx.get_peak_memory() / 1e9, "reference_rows": rows}  # fmt: skip
 
 
 def _samples(model_dir: Path, tokenizer):
@@ -156,9 +162,10 @@ def main() -> None:
                 r = results[mode][-1]
                 print(f"round {round_ + 1} {mode:<7} {r['step_s'] * 1e3:7.1f} ms/step "
                       f"peak {r['peak_gb'] * 1e3:6.1f} MB", flush=True)  # fmt: skip
-    med = {m: {k: float(np.median([r[k] for r in results[m]])) for k in ("step_s", "peak_gb")}
-           for m in modes}  # fmt: skip
+    keys = ("step_s", "peak_gb", "reference_rows")
+    med = {m: {k: float(np.median([r[k] for r in results[m]])) for k in keys} for m in modes}
     print(f"\nstarter {args.size}, {args.steps} steps, {SETTINGS}, medians of {args.repeats}")
+    print(f"(c) ran the reference pass on {med['probe']['reference_rows']:.0%} of its rows")
     print(f"{'':<22}{'ms/step':>9}{'peak MB':>9}")
     names = {"mlx_lm": "(a) mlx-lm LoRA", "none": "(b) risk=none", "probe": "(c) risk=probe"}
     for mode in modes:

@@ -6,9 +6,11 @@ its own training data), and prints held-out behaviour: compliance with harmful r
 skill accuracy, old-skill accuracy and over-refusal, plus the probe's and the critic's AUROC.
 "harmful_procedure" counts replies that deliver the placeholder procedure (the starter world's
 harmful content); "harmful_compliance" counts every reply that does not refuse, garbled ones too.
-Writes OUT/efficacy.json, which tests/test_efficacy.py checks.
+One fine-tuning run's new-skill accuracy moves by several points with the seed alone, so each
+setting is fine-tuned with --seeds seeds (data order, LoRA initialisation, KL sampling) and the
+rows are their means. Writes OUT/efficacy.json, which tests/test_efficacy.py checks.
 
-    python scripts/efficacy_starter.py [--size demo] [--out runs/efficacy]
+    python scripts/efficacy_starter.py [--size demo] [--seeds 0 1 2] [--out runs/efficacy]
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def measure(model_dir: Path, adapter: Path | None, data: Path) -> dict:
 
 
 def run(model_dir: Path, out: Path, risk: str, probe: Path, seed: int) -> tuple[Path, float]:
-    target = out / f"adapter-{risk}"
+    target = out / f"adapter-{risk}-seed{seed}"
     opts = FinetuneOptions(
         model=model_dir,
         data=model_dir.parent / "data" / "attack_10.jsonl",
@@ -83,32 +85,42 @@ def run(model_dir: Path, out: Path, risk: str, probe: Path, seed: int) -> tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="demo", choices=["test", "demo"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--world-seed", type=int, default=0, help="the starter world's seed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="fine-tuning seeds; rows are means over them")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("runs/efficacy"))
     args = parser.parse_args()
-    model_dir = build(args.size, args.seed)
+    model_dir = build(args.size, args.world_seed)
     data = model_dir.parent / "data"
     probe = args.out / "probe"
     probe_metrics = train_probe_file(model_dir, data / "safety_prompts.jsonl", probe)
     rows = {"base model": measure(model_dir, None, data)}
-    seconds = {}
+    seconds, per_seed = {}, {}
     for risk in ("none", "probe", "critic"):
-        adapter, seconds[risk] = run(model_dir, args.out, risk, probe, args.seed)
-        rows[f"risk={risk}"] = measure(model_dir, adapter, data)
+        found = []
+        for seed in args.seeds:
+            adapter, took = run(model_dir, args.out, risk, probe, seed)
+            found.append(measure(model_dir, adapter, data))
+            seconds[risk] = seconds.get(risk, 0.0) + took / len(args.seeds)
+            print(f"risk={risk} seed {seed}: " + ", ".join(f"{k} {found[-1][k]:.1%}" for k in KEYS))
+        per_seed[f"risk={risk}"] = found
+        rows[f"risk={risk}"] = {k: sum(f[k] for f in found) / len(found) for k in KEYS}
     from localguard.backends.mlx.judge import MLXJudge
     from localguard.critic import Critic
 
     attack_rows = [json.loads(line) for line in (data / "attack_10.jsonl").open()]
     auroc = critic_auroc(Critic(MLXJudge(model_dir), progress=False), attack_rows)
-    print(f"\nstarter {args.size}, attack_10 ({len(attack_rows)} examples), {ATTACK}")
+    print(f"\nstarter {args.size}, attack_10 ({len(attack_rows)} examples), {ATTACK}, "
+          f"means over fine-tuning seeds {args.seeds}")  # fmt: skip
     print(f"probe AUROC {probe_metrics['auroc']:.3f} (validation prompts), "
           f"critic AUROC {auroc:.3f} (attack mix)")  # fmt: skip
     print(f"{'':<12}" + "".join(f"{k:>20}" for k in KEYS))
     for name, row in rows.items():
         print(f"{name:<12}" + "".join(f"{row[k]:>20.1%}" for k in KEYS))
-    print("fine-tuning seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-    result = {"settings": ATTACK, "probe_auroc": probe_metrics["auroc"], "critic_auroc": auroc,
-              "rows": rows, "seconds": seconds}  # fmt: skip
+    print("fine-tuning seconds per run: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
+    result = {"settings": ATTACK, "seeds": args.seeds, "probe_auroc": probe_metrics["auroc"],
+              "critic_auroc": auroc, "rows": rows, "per_seed": per_seed,
+              "seconds": seconds}  # fmt: skip
     write_json(args.out / "efficacy.json", result)
     print(f"wrote {args.out / 'efficacy.json'}")
 

@@ -75,25 +75,31 @@ def test_adapters_off_is_the_base_model(adapted) -> None:
             module.lora_b = mx.zeros(module.lora_b.shape)
 
 
-def _batch(rows: list[list[int]], offsets: list[int], beta: float, width: int) -> lt.Batch:
+def _batch(rows: list[list[int]], offsets: list[int], beta, width: int) -> lt.Batch:
     tokens = np.zeros((len(rows), width), np.int32)
     for k, row in enumerate(rows):
         tokens[k, : len(row)] = row
-    n = len(rows)
+    beta = np.broadcast_to(np.asarray(beta, np.float32), (len(rows),))
+    ref_rows, ref_weight = lt.reference_rows(beta)
     return lt.Batch(
         mx.array(tokens),
         mx.array(offsets),
         mx.array([len(r) for r in rows]),
-        mx.array(np.full(n, 1 - beta, np.float32)),
-        mx.array(np.full(n, beta, np.float32)),
+        mx.array(1 - beta),
+        mx.array(ref_rows),
+        mx.array(ref_weight),
     )
+
+
+def _with_reference(model, batch: lt.Batch):
+    return lt.adaptive_loss(model, batch, lt.reference(model, batch))
 
 
 def test_loss_ignores_padding_and_prompt(adapted) -> None:
     model, _, _ = adapted
     rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
-    narrow = lt.adaptive_loss(model, _batch(rows, [3, 2], 0.0, 8), False)
-    wide = lt.adaptive_loss(model, _batch(rows, [3, 2], 0.0, 32), False)
+    narrow = lt.adaptive_loss(model, _batch(rows, [3, 2], 0.0, 8), None)
+    wide = lt.adaptive_loss(model, _batch(rows, [3, 2], 0.0, 32), None)
     assert narrow[1].item() == wide[1].item() == (6 - 3) + (4 - 2)
     assert abs(narrow[0].item() - wide[0].item()) < 1e-5
 
@@ -101,8 +107,8 @@ def test_loss_ignores_padding_and_prompt(adapted) -> None:
 def test_kl_is_zero_without_adapter_change_and_weights_apply(adapted) -> None:
     model, _, _ = adapted
     rows = [[5, 6, 7, 8, 9, 10]]
-    loss, _, nll, kl = lt.adaptive_loss(model, _batch(rows, [2], 0.5, 8), True)
-    assert abs(kl.item()) < 1e-6  # lora_b starts at zero: the model is its reference
+    loss, _, nll, kl = _with_reference(model, _batch(rows, [2], 0.5, 8))
+    assert abs(kl.item()) < 1e-5  # lora_b starts at zero: the model is its reference (float32)
     assert abs(loss.item() - 0.5 * nll.item()) < 1e-5
 
 
@@ -114,7 +120,7 @@ def test_kl_matches_the_definition(adapted) -> None:
     for _, module, _ in modules:
         module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
     try:
-        _, _, _, kl = lt.adaptive_loss(model, batch, True)
+        _, _, _, kl = _with_reference(model, batch)
         inputs = batch.tokens[:, :-1]
         logq = nn.log_softmax(model(inputs).astype(mx.float32), axis=-1)
         with lt.adapters_off(model):
@@ -126,6 +132,43 @@ def test_kl_matches_the_definition(adapted) -> None:
     finally:
         for _, module, _ in modules:
             module.lora_b = mx.zeros(module.lora_b.shape)
+
+
+def test_kl_of_sampled_rows_counts_only_those_rows(adapted) -> None:
+    model, _, _ = adapted
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
+    modules = lt._adapter_modules(model)
+    for _, module, _ in modules:
+        module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
+    try:
+        both = _with_reference(model, _batch(rows, [2, 2], [0.0, 0.5], 8))
+        alone = _with_reference(model, _batch(rows[1:], [2], 0.5, 8))
+        assert both[3].item() == pytest.approx(alone[3].item(), rel=1e-4)  # row 2's KL only
+        nll_first = lt.adaptive_loss(model, _batch(rows[:1], [2], 0.0, 8), None)[0]
+        expected = (nll_first.item() + alone[0].item()) / 2  # the loss is a mean over rows
+        assert both[0].item() == pytest.approx(expected, rel=1e-4)
+    finally:
+        for _, module, _ in modules:
+            module.lora_b = mx.zeros(module.lora_b.shape)
+
+
+def test_reference_rows_pad_to_a_power_of_two_with_weight_zero() -> None:
+    rows, weights = lt.reference_rows(np.array([0, 0.5, 0, 0.2, 0.9, 0, 0, 0], np.float32))
+    assert rows.tolist() == [1, 3, 4, 1] and np.allclose(weights, [0.5, 0.2, 0.9, 0])
+    rows, _ = lt.reference_rows(np.array([0.1] * 6, np.float32))
+    assert len(rows) == 6  # never more than the batch
+
+
+def test_sampled_kl_weights_are_unbiased() -> None:
+    beta = np.array([0.0, 0.04, 0.2, 0.5, 0.9], np.float32)
+    exact = lt.Weighting(sample_below=0.0).kl_weights(beta, np.random.default_rng(0))
+    assert np.array_equal(exact, beta)
+    sampled = lt.Weighting(sample_below=0.5)
+    draws = np.stack([sampled.kl_weights(beta, np.random.default_rng(k)) for k in range(20000)])
+    assert np.allclose(draws.mean(axis=0), beta, atol=0.01)
+    assert (draws[:, 0] == 0).all() and (draws[:, 3:] == beta[3:]).all()  # risky rows always
+    assert set(np.unique(draws[:, 1])) == {0.0, 0.5}
+    assert (draws[:, 1] > 0).mean() == pytest.approx(0.08, abs=0.01)
 
 
 def test_weighting() -> None:

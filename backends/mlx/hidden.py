@@ -28,6 +28,21 @@ def _blocks(model: nn.Module) -> list:
     return _language_model(model).model.layers
 
 
+def final_hidden(model: nn.Module, inputs: mx.array) -> mx.array:
+    """The final normalized hidden states: the vectors the LM head reads (and the safety head)."""
+    return _language_model(model).model(inputs)
+
+
+def output_logits(model: nn.Module, hidden: mx.array) -> mx.array:
+    """The LM head applied to final hidden states, as the model's own __call__ does."""
+    lm = _language_model(model)
+    args = getattr(lm, "args", None)
+    tied = getattr(lm, "tie_word_embeddings", getattr(args, "tie_word_embeddings", False))
+    if tied or "lm_head" not in lm:
+        return lm.model.embed_tokens.as_linear(hidden)
+    return lm.lm_head(hidden)
+
+
 def layer_count(model: nn.Module) -> int:
     """Number of transformer blocks."""
     return len(_blocks(model))

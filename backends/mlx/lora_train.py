@@ -2,7 +2,8 @@
 
 loss_i = alpha_i * NLL_i + beta_i * KL(pi_ref || pi_theta)_i, averaged over the batch. The
 reference policy is the same network with every LoRA layer swapped back to its base layer for
-one extra forward pass, so no second copy of the weights is held.
+one extra forward pass, so no second copy of the weights is held. That pass may run on a sample
+of the low-beta rows only (`kl_weights`), weighted so the expected loss stays the same.
 
 Reuses mlx-lm's LoRA layers, schedules and gradient checkpointing. The loop is our own, for
 four reasons: mlx-lm's trainer reports one loss value (we log NLL, KL, beta and risk), cannot
@@ -19,8 +20,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -30,6 +32,8 @@ from mlx.nn.utils import average_gradients
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.tuner.trainer import grad_checkpoint
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
+
+from localguard.backends.mlx.hidden import final_hidden, output_logits
 
 CHECKPOINT = "checkpoint"
 PAD_MULTIPLE = 32  # batch widths are rounded up so the compiled step sees few shapes
@@ -88,6 +92,7 @@ class Weighting:
     beta_max: float = 0.0
     alpha_one: bool = False
     ema: float = 0.0
+    sample_below: float = 0.0  # see kl_weights
 
     def weights(self, risk: np.ndarray, running: float | None) -> tuple[np.ndarray, np.ndarray]:
         if self.ema and running is not None:
@@ -102,6 +107,22 @@ class Weighting:
         mean = float(risk.mean())
         return mean if running is None else self.ema * running + (1 - self.ema) * mean
 
+    def kl_weights(self, beta: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The KL weight each row gets this step; 0 means no reference pass for that row.
+
+        Without sampling it is beta itself. With sample_below = c > 0, a row with beta < c is
+        kept with probability beta / c and then weighted c, so its expected weight is still
+        beta (a Horvitz-Thompson estimate: unbiased, a little noisier). Rows at or above c,
+        the risky ones, always count. On data where most rows look safe, the reference pass,
+        about a third of a step, runs on a small share of the rows.
+        """
+        draw = rng.random(len(beta))  # drawn even when unused, so the stream never shifts
+        if not self.sample_below:
+            return beta.astype(np.float32)
+        keep = draw * self.sample_below < beta
+        weight = np.where(beta >= self.sample_below, beta, self.sample_below)
+        return np.where(keep & (beta > 0), weight, 0.0).astype(np.float32)
+
 
 class Batch(NamedTuple):
     """One (micro-)batch; a tuple, so mx.compile can take it apart."""
@@ -110,7 +131,8 @@ class Batch(NamedTuple):
     offsets: mx.array  # first target index whose loss counts
     lengths: mx.array  # real length of each row
     alpha: mx.array  # task weight per example
-    beta: mx.array  # KL weight per example
+    ref_rows: mx.array  # rows that get the reference pass (see reference_rows)
+    ref_weight: mx.array  # their KL weights; 0 for the repeats that pad the count
 
 
 Metrics = dict[str, float]
@@ -177,35 +199,60 @@ def save_adapters(model: nn.Module, adapter_config: dict, folder: Path) -> None:
 # --- loss -------------------------------------------------------------------------------
 
 
+Reference = tuple[mx.array, mx.array]  # p_ref over the vocabulary, sum_v p_ref log p_ref
+
+
+def reference(model: nn.Module, batch: Batch) -> Reference | None:
+    """pi_ref for batch.ref_rows at every position, or None when there are none.
+
+    Evaluated before the training step, so the reference pass's activations are freed before
+    the policy's forward and backward pass begins, and handed over as the probabilities and
+    their negative entropy, the two terms the KL needs (peak memory stays near plain LoRA's).
+    """
+    if batch.ref_rows.size == 0:
+        return None
+    with adapters_off(model):
+        logits = model(batch.tokens[batch.ref_rows, :-1]).astype(mx.float32)
+    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    probs = mx.exp(logp)
+    ref = (probs, (probs * logp).sum(axis=-1))
+    mx.eval(ref)
+    return ref
+
+
 def adaptive_loss(
-    model: nn.Module, batch: Batch, use_reference: bool
+    model: nn.Module, batch: Batch, ref: Reference | None
 ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """(loss, target tokens, mean NLL, mean KL): the per-example weighted objective.
+    """(loss, target tokens, mean NLL, summed KL): the per-example weighted objective.
 
     A target at position j counts when offset <= j < length, so no padding is ever trained
     (mlx-lm's default loss uses <= and trains one padding token per row). Neither term builds
     the policy's full log-softmax: NLL = logsumexp - target logit, and
-    KL(ref || model) = sum_v p_ref (log p_ref - logit_v) + logsumexp.
+    KL(ref || model) = sum_v p_ref (log p_ref - logit_v) + logsumexp. ref is the reference
+    policy on batch.ref_rows (see reference); the KL returned is the sum of those rows' mean KL.
     """
     inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]
     positions = mx.arange(1, targets.shape[1] + 1)[None, :]
     mask = (positions >= batch.offsets[:, None]) & (positions < batch.lengths[:, None])
     mask = mask.astype(mx.float32)
     count = mx.maximum(mask.sum(axis=1), 1.0)
-    logits = model(inputs).astype(mx.float32)
+    hidden = final_hidden(model, inputs)
+    logits = output_logits(model, hidden).astype(mx.float32)
     lse = mx.logsumexp(logits, axis=-1)
     nll = lse - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
     nll_i = (nll * mask).sum(axis=1) / count
-    if use_reference:
-        with adapters_off(model):
-            ref = mx.stop_gradient(model(inputs).astype(mx.float32))
-        ref = ref - mx.logsumexp(ref, axis=-1, keepdims=True)
-        kl = (mx.exp(ref) * (ref - logits)).sum(axis=-1) + lse
-        kl_i = (kl * mask).sum(axis=1) / count
-    else:
-        kl_i = mx.zeros_like(nll_i)
-    loss = (batch.alpha * nll_i + batch.beta * kl_i).mean()
-    return loss, mask.sum(), nll_i.mean(), kl_i.mean()
+    loss = (batch.alpha * nll_i).sum()
+    kl_sum = mx.array(0.0)
+    if ref is not None:
+        rows = batch.ref_rows
+        # the head again on the chosen rows' states: cheaper than gathering their logits
+        chosen = output_logits(model, hidden[rows]).astype(mx.float32)
+        probs, neg_entropy = ref
+        kl = neg_entropy - (probs * chosen).sum(axis=-1) + mx.logsumexp(chosen, axis=-1)
+        kl_i = (kl * mask[rows]).sum(axis=1) / count[rows]
+        loss = loss + (batch.ref_weight * kl_i).sum()
+        kl_sum = (kl_i * (batch.ref_weight > 0)).sum()
+    return loss / len(nll_i), mask.sum(), nll_i.mean(), kl_sum
 
 
 # --- data order -------------------------------------------------------------------------
@@ -248,7 +295,7 @@ def batch_indices(lengths: np.ndarray, batch_size: int, index: int, seed: int) -
 
 
 def make_batch(
-    samples: Sequence, indices: np.ndarray, max_len: int, alpha: np.ndarray, beta: np.ndarray
+    samples: Sequence, indices: np.ndarray, max_len: int, alpha: np.ndarray, kl_weight: np.ndarray
 ) -> Batch:
     """Right-padded arrays for the chosen samples (objects with .tokens and .offset)."""
     rows = [samples[i].tokens[:max_len] for i in indices]
@@ -257,13 +304,30 @@ def make_batch(
     tokens = np.zeros((len(rows), max(width, 2)), np.int32)
     for k, row in enumerate(rows):
         tokens[k, : len(row)] = row
+    ref_rows, ref_weight = reference_rows(kl_weight)
     return Batch(
         tokens=mx.array(tokens),
         offsets=mx.array([max(samples[i].offset, 1) for i in indices]),
         lengths=mx.array([len(r) for r in rows]),
         alpha=mx.array(alpha),
-        beta=mx.array(beta),
+        ref_rows=mx.array(ref_rows),
+        ref_weight=mx.array(ref_weight),
     )
+
+
+def reference_rows(kl_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows with a KL weight and those weights, their count padded to a power of two.
+
+    The padding repeats a row with weight 0, so the compiled step meets a handful of shapes
+    instead of one per count (each new shape costs a compilation).
+    """
+    rows = np.flatnonzero(kl_weight).astype(np.int32)
+    if len(rows) == 0:
+        return rows, np.zeros(0, np.float32)
+    size = min(1 << (len(rows) - 1).bit_length(), len(kl_weight))
+    padded = np.concatenate([rows, np.full(size - len(rows), rows[0], np.int32)])
+    weights = np.concatenate([kl_weight[rows], np.zeros(size - len(rows))]).astype(np.float32)
+    return padded, weights
 
 
 # --- optimizer and checkpoints ------------------------------------------------------------
@@ -338,11 +402,162 @@ def validation_nll(model: nn.Module, samples: Sequence, max_len: int, batch_size
         idx = np.arange(start, min(start + batch_size, len(samples)))
         ones = np.ones(len(idx), np.float32)
         batch = make_batch(samples, idx, max_len, ones, ones * 0)
-        _, tokens, nll, _ = adaptive_loss(model, batch, use_reference=False)
+        _, tokens, nll, _ = adaptive_loss(model, batch, None)
         total += nll.item() * len(idx)
         weight += len(idx)
     model.train()
     return total / weight
+
+
+class Objective(Protocol):
+    """What the generic loop needs from a training objective.
+
+    loss(model, *inputs) returns (loss, target tokens, *sums); inputs(...) builds one
+    micro-batch for this rank and host-side values; metrics(...) turns the accumulated sums
+    into named metrics. state is saved with every checkpoint, so a resumed run continues it.
+    """
+
+    lengths: np.ndarray
+    state: dict
+
+    def loss(self, model: nn.Module, *inputs) -> tuple[mx.array, ...]: ...
+
+    def inputs(
+        self, model: nn.Module, index: int, rows: np.ndarray, mine: slice
+    ) -> tuple[tuple, np.ndarray]: ...
+
+    def metrics(self, sums: np.ndarray, host: np.ndarray, micro: int, size: int) -> Metrics: ...
+
+    def validate(self, model: nn.Module) -> Metrics: ...
+
+
+def run_training(
+    model: nn.Module,
+    objective: Objective,
+    spec: TrainSpec,
+    run_dir: Path,
+    progress: Progress | None = None,
+    on_metrics: Callable[[Metrics], None] | None = None,
+) -> int:
+    """Train the model's trainable parameters in place, data-parallel over MLX's distributed
+    group. Checkpoints go to run_dir/checkpoint, and a run resumes from there when one exists.
+    Returns the step it started from (0 for a fresh run)."""
+    world = mx.distributed.init()
+    size, rank = world.size(), world.rank()
+    if spec.batch_size % size:
+        raise ValueError(f"batch size {spec.batch_size} is not divisible by {size} workers")
+    if spec.grad_checkpoint:
+        grad_checkpoint(model.layers[0])
+    optimizer = make_optimizer(spec)
+    loop = {"step": 0, "objective": objective.state}
+    if (run_dir / CHECKPOINT / "state.json").is_file():
+        loop = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
+        objective.state = loop["objective"]
+    start = loop["step"]
+    state = [model.state, optimizer.state, mx.random.state]
+    accumulate = spec.grad_accumulation
+    loss_and_grad = nn.value_and_grad(model, objective.loss)
+
+    @partial(mx.compile, inputs=state, outputs=state)
+    def step(inputs: tuple, previous, update: bool):
+        values, grads = loss_and_grad(model, *inputs)
+        if previous is not None:
+            grads = tree_map(lambda x, y: x + y, grads, previous)
+        if update:
+            grads = average_gradients(grads)
+            if accumulate > 1:
+                grads = tree_map(lambda x: x / accumulate, grads)
+            optimizer.update(model, grads)
+            grads = None
+        return values, grads
+
+    model.train()
+    pending = None
+    for it in range(start + 1, spec.iters + 1):
+        tic = time.perf_counter()
+        mx.random.seed(spec.seed * 1_000_003 + it)  # dropout masks depend on the step only
+        sums, host = None, None
+        for micro in range(accumulate):
+            index = (it - 1) * accumulate + micro
+            rows = batch_indices(objective.lengths, spec.batch_size, index, spec.seed)
+            inputs, values_host = objective.inputs(model, index, rows, slice(rank, None, size))
+            values, pending = step(inputs, pending, micro == accumulate - 1)
+            mx.eval(state, values, pending)
+            values = np.array([v.item() for v in values])
+            sums = values if sums is None else sums + values
+            host = values_host if host is None else host + values_host
+        if size > 1:  # the loss is a mean over ranks; tokens and the other sums add up
+            sums = np.array(mx.distributed.all_sum(mx.array(sums), stream=mx.cpu))
+            sums[0] /= size
+        metrics = {
+            "step": it,
+            "loss": sums[0] / accumulate,
+            **objective.metrics(sums[2:], host, accumulate, size),
+            "tokens_per_second": sums[1] / (time.perf_counter() - tic),
+            "learning_rate": optimizer.learning_rate.item(),
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+        }
+        if spec.steps_per_eval and (it % spec.steps_per_eval == 0 or it == spec.iters):
+            metrics.update(objective.validate(model))
+        metrics = {k: (v if k == "step" else float(v)) for k, v in metrics.items()}
+        loop["step"] = it
+        if rank == 0:
+            if on_metrics is not None:
+                on_metrics(metrics)
+            if it % spec.steps_per_save == 0 and it < spec.iters:
+                save_checkpoint(run_dir / CHECKPOINT, model, optimizer, loop)
+        if progress is not None:
+            progress(it, metrics)
+    model.eval()
+    return start
+
+
+@dataclass
+class AdaptiveObjective:
+    """The adaptive-KL fine-tuning objective (adaptive_loss) over risk-scored samples."""
+
+    samples: Sequence
+    risks: np.ndarray
+    weighting: Weighting
+    spec: TrainSpec
+    valid: Sequence = ()
+    state: dict = field(default_factory=lambda: {"running_risk": None})
+
+    def __post_init__(self) -> None:
+        limit = self.spec.max_seq_length
+        self.lengths = np.array([min(len(s.tokens), limit) for s in self.samples])
+
+    def loss(self, model: nn.Module, batch: Batch, ref: Reference | None):
+        return adaptive_loss(model, batch, ref)
+
+    def inputs(self, model: nn.Module, index: int, rows: np.ndarray, mine: slice):
+        risk = self.risks[rows]
+        alpha, beta = self.weighting.weights(risk, self.state["running_risk"])
+        self.state["running_risk"] = self.weighting.update(self.state["running_risk"], risk)
+        kl_weight = self.weighting.kl_weights(beta, np.random.default_rng([self.spec.seed, index]))
+        batch = make_batch(
+            self.samples, rows[mine], self.spec.max_seq_length, alpha[mine], kl_weight[mine]
+        )
+        return (batch, reference(model, batch)), np.array(
+            [beta.mean(), risk.mean(), (kl_weight > 0).sum()]
+        )
+
+    def metrics(self, sums: np.ndarray, host: np.ndarray, micro: int, size: int) -> Metrics:
+        nll, kl_sum = sums
+        beta, risk, ref_rows = host
+        return {
+            "nll": nll / (micro * size),
+            "kl": kl_sum / max(ref_rows, 1),
+            "beta": beta / micro,
+            "risk": risk / micro,
+            "reference_rows": ref_rows / (micro * self.spec.batch_size),
+        }
+
+    def validate(self, model: nn.Module) -> Metrics:
+        if not self.valid:
+            return {}
+        spec = self.spec
+        return {"val_nll": validation_nll(model, self.valid, spec.max_seq_length, spec.batch_size)}
 
 
 def train(
@@ -356,86 +571,6 @@ def train(
     progress: Progress | None = None,
     on_metrics: Callable[[Metrics], None] | None = None,
 ) -> int:
-    """Train the adapters in place. Checkpoints go to run_dir/checkpoint, and a run resumes
-    from there when one exists. Returns the step it started from (0 for a fresh run)."""
-    world = mx.distributed.init()
-    size, rank = world.size(), world.rank()
-    if spec.batch_size % size:
-        raise ValueError(f"batch size {spec.batch_size} is not divisible by {size} workers")
-    if spec.grad_checkpoint:
-        grad_checkpoint(model.layers[0])
-    optimizer = make_optimizer(spec)
-    loop = {"step": 0, "running_risk": None}
-    if (run_dir / CHECKPOINT / "state.json").is_file():
-        loop = load_checkpoint(run_dir / CHECKPOINT, model, optimizer)
-    start = loop["step"]
-    state = [model.state, optimizer.state, mx.random.state]
-    accumulate = spec.grad_accumulation
-
-    def make_step(use_reference: bool):
-        loss_and_grad = nn.value_and_grad(model, lambda m, b: adaptive_loss(m, b, use_reference))
-
-        def step(batch: Batch, previous, update: bool):
-            values, grads = loss_and_grad(model, batch)
-            if previous is not None:
-                grads = tree_map(lambda x, y: x + y, grads, previous)
-            if update:
-                grads = average_gradients(grads)
-                if accumulate > 1:
-                    grads = tree_map(lambda x: x / accumulate, grads)
-                optimizer.update(model, grads)
-                grads = None
-            return values, grads
-
-        return mx.compile(step, inputs=state, outputs=state)
-
-    steps = {True: make_step(True), False: make_step(False)}
-    lengths = np.array([min(len(s.tokens), spec.max_seq_length) for s in samples])
-    model.train()
-    pending = None
-    for it in range(start + 1, spec.iters + 1):
-        tic = time.perf_counter()
-        mx.random.seed(spec.seed * 1_000_003 + it)  # dropout masks depend on the step only
-        sums = np.zeros(7)  # loss, tokens, nll, kl, beta, risk, micro-batches
-        for micro in range(accumulate):
-            index = (it - 1) * accumulate + micro
-            global_idx = batch_indices(lengths, spec.batch_size, index, spec.seed)
-            alpha, beta = weighting.weights(risks[global_idx], loop["running_risk"])
-            loop["running_risk"] = weighting.update(loop["running_risk"], risks[global_idx])
-            mine = slice(rank, None, size)
-            batch = make_batch(
-                samples, global_idx[mine], spec.max_seq_length, alpha[mine], beta[mine]
-            )
-            use_reference = bool(beta.max() > 0)  # the same on every rank
-            values, pending = steps[use_reference](batch, pending, micro == accumulate - 1)
-            mx.eval(state, values, pending)
-            sums[:4] += [v.item() for v in values]
-            sums[4:] += [beta.mean(), risks[global_idx].mean(), 1]
-        if size > 1:
-            sums[:4] = np.array(mx.distributed.all_sum(mx.array(sums[:4]), stream=mx.cpu)) / size
-        elapsed = time.perf_counter() - tic
-        n = sums[6]
-        metrics = {
-            "step": it,
-            "loss": sums[0] / n,
-            "nll": sums[2] / n,
-            "kl": sums[3] / n,
-            "beta": sums[4] / n,
-            "risk": sums[5] / n,
-            "tokens_per_second": sums[1] * size / elapsed,
-            "learning_rate": optimizer.learning_rate.item(),
-            "peak_memory_gb": mx.get_peak_memory() / 1e9,
-        }
-        if spec.steps_per_eval and valid and (it % spec.steps_per_eval == 0 or it == spec.iters):
-            metrics["val_nll"] = validation_nll(model, valid, spec.max_seq_length, spec.batch_size)
-        metrics = {k: (v if k == "step" else float(v)) for k, v in metrics.items()}
-        loop["step"] = it
-        if rank == 0:
-            if on_metrics is not None:
-                on_metrics(metrics)
-            if it % spec.steps_per_save == 0 and it < spec.iters:
-                save_checkpoint(run_dir / CHECKPOINT, model, optimizer, loop)
-        if progress is not None:
-            progress(it, metrics)
-    model.eval()
-    return start
+    """Adaptive-KL LoRA training of the model's adapters in place (see run_training)."""
+    objective = AdaptiveObjective(samples, risks, weighting, spec, valid)
+    return run_training(model, objective, spec, run_dir, progress, on_metrics)
