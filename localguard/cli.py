@@ -239,6 +239,90 @@ def probe_train(
     )
 
 
+HEAD_KEYS = [
+    "mode", "gamma", "target_fpr", "iters", "learning_rate", "batch_size", "lora_rank",
+    "lora_scale", "lora_layers", "valid_fraction", "max_seq_length", "steps_per_save",
+]  # fmt: skip
+
+
+@cli.group()
+def head() -> None:
+    """The explicit safety head: a safety verdict readable at every token."""
+
+
+@head.command("train")
+@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--adapter", type=click.Path(file_okay=False),
+              help="LoRA adapter to read through (probe) or to train on (stream).")  # fmt: skip
+@click.option("--data", required=True,
+              help="Labeled conversations JSONL (query_label, response_label, onset).")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Head folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT.partial.")
+@click.option("--force", is_flag=True, help="Replace OUT when it exists.")
+@schema_options("head", HEAD_KEYS)
+def head_train(resume: bool, force: bool, **options: Any) -> None:
+    """Train the query and response outputs on the final hidden state, calibrate them on a
+    validation split for --target-fpr, and print AUROC, F1, FPR, TPR and the streaming
+    metrics (detection delay, benign replies flagged).
+
+    --mode stream (default) trains the head with LoRA (loss = SFT on benign replies + gamma *
+    BCE); --mode probe fits it on the frozen model in seconds. OUT gets head.safetensors,
+    head.json, reliability.png, report.json and, in stream mode, the adapter (mlx-lm format).
+    """
+    from pathlib import Path
+
+    from localguard.head import HeadOptions, format_report, train_head
+    from localguard.hub import resolve_data, resolve_model
+
+    options["model"] = resolve_model(options["model"])
+    options["data"] = resolve_data(options["data"], options["model"])
+    options["out"] = Path(options["out"])
+    options["adapter"] = Path(options["adapter"]) if options["adapter"] else None
+    report = train_head(HeadOptions(**options), resume=resume, force=force)
+    click.echo(format_report(report))
+    click.echo(f"-> {options['out']}")
+
+
+@head.command("score")
+@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--adapter", type=click.Path(file_okay=False),
+              help="LoRA adapter (default: the one saved with a stream head).")  # fmt: skip
+@click.option("--head", "head_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--prompt", required=True, help="The user's message.")
+@click.option("--response", default="", help="The reply to score (default: the model's own).")
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
+def head_score(
+    model: str, adapter: str | None, head_dir: str, prompt: str, response: str, as_json: bool
+) -> None:
+    """Print the per-token safety trace of a conversation: the query verdict at the last
+    prompt token, then each reply token colored by the response output (green: far below the
+    threshold, yellow: within a factor of two, red: flagged)."""
+    import json
+    from pathlib import Path
+
+    from localguard.head import score_conversation
+    from localguard.hub import resolve_model
+
+    trace = score_conversation(
+        resolve_model(model), Path(head_dir), prompt, response, Path(adapter) if adapter else None
+    )
+    if as_json:
+        click.echo(json.dumps(trace, indent=2))
+        return
+    q = trace["query"]
+    verdict = click.style("UNSAFE", fg="red", bold=True) if q["flagged"] else "safe"
+    click.echo(f"query: {verdict}  p={q['probability']:.3f} (threshold {q['threshold']:.3f})")
+    threshold = trace["response_threshold"]
+    for token in trace["tokens"]:
+        p = token["response"]
+        color = "red" if token["flagged"] else "yellow" if p >= threshold / 2 else "green"
+        click.echo(click.style(token["text"], fg=color), nl=False)
+    flagged = sum(t["flagged"] for t in trace["tokens"])
+    click.echo(f"\nresponse: {flagged} of {len(trace['tokens'])} tokens flagged "
+               f"(threshold {threshold:.3f})")  # fmt: skip
+
+
 def main() -> None:
     """Console entry point: arrange a fast BLAS (Linux), then run the CLI."""
     blas.reexec_with_fast_blas()

@@ -11,17 +11,13 @@ half-written. A killed run keeps its last checkpoint in OUT.partial/ and `--resu
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import click
 import numpy as np
 
-from localguard import __version__
+from localguard import __version__, runs
 from localguard.data import load_dataset, split_for_validation, warnings_for
 from localguard.errors import InputError
 from localguard.files import file_sha256, write_json
@@ -78,10 +74,6 @@ def option_names() -> list[str]:
     return [f.name for f in fields(FinetuneOptions)]
 
 
-def partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
 # --- checks before any model work -----------------------------------------------------------
 
 
@@ -97,26 +89,6 @@ def check_options(opts: FinetuneOptions) -> None:
         raise InputError("--risk critic needs --critic MODEL (a GGUF file or an MLX model folder)")
     if opts.iters == 0 and opts.epochs <= 0:
         raise InputError("set --iters above 0 or --epochs above 0")
-
-
-def _prepare_out(opts: FinetuneOptions, resume: bool, force: bool) -> Path:
-    """The working folder OUT.partial: fresh, or the interrupted run's when resuming."""
-    work = partial_dir(opts.out)
-    if opts.out.exists() and not force:
-        raise InputError(f"{opts.out} already exists; pass --force to replace it")
-    if work.exists() and not resume:
-        raise InputError(
-            f"{work} holds an interrupted run; pass --resume to continue it or delete the folder"
-        )
-    if resume and work.exists():
-        saved = json.loads((work / "options.json").read_text())
-        changed = sorted(k for k, v in opts.describe().items() if saved.get(k) != v)
-        if changed:
-            raise InputError(f"--resume with other options than the interrupted run: {changed}")
-        return work
-    work.mkdir(parents=True)
-    write_json(work / "options.json", opts.describe())
-    return work
 
 
 # --- risk ------------------------------------------------------------------------------------
@@ -209,7 +181,8 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
     for line in warnings_for(train) if rank == 0 else []:
         click.echo(f"warning: {line}", err=True)
     risks, risk_summary = estimate_risk(opts, model, train.samples)
-    work = _prepare_out(opts, resume, force) if rank == 0 else partial_dir(opts.out)
+    work = runs.prepare(opts.out, opts.describe(), resume, force) if rank == 0 else None
+    work = work or runs.partial_dir(opts.out)
     lora = lt.LoraSpec(
         rank=opts.lora_rank,
         scale=opts.lora_scale,
@@ -233,18 +206,11 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
         steps_per_save=opts.steps_per_save,
         grad_checkpoint=opts.grad_checkpoint,
     )
-    metrics_path = work / "metrics.jsonl"
-    last: dict = {}
-
-    def record(metrics: dict) -> None:
-        last.update(metrics)
-        with open(metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(metrics) + "\n")
-
-    with _progress(spec.iters, rank == 0) as bar:
+    record = runs.MetricsLog(work)
+    with runs.progress_bar(spec.iters, "finetune", rank == 0) as bar:
         start = lt.resume_step(work)
         if rank == 0:
-            _trim_metrics(metrics_path, start)
+            runs.trim_metrics(work, start)
         bar.update(start)
         lt.train(
             model,
@@ -272,36 +238,10 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
         "risk": dict(risk_summary, mean=float(risks.mean()), n=len(risks)),
         "examples": len(train.samples),
         "truncated": train.n_truncated,
-        "final": last,
+        "final": record.last,
     }
     write_json(work / "manifest.json", manifest)
-    shutil.rmtree(work / lt.CHECKPOINT, ignore_errors=True)
-    if opts.out.exists():
-        shutil.rmtree(opts.out)
-    os.replace(work, opts.out)
-    return opts.out
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint a resumed run starts from."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
-
-
-def _progress(steps: int, visible: bool):
-    return click.progressbar(
-        length=steps,
-        label="finetune",
-        file=sys.stderr,
-        hidden=not visible,
-        show_pos=True,
-        show_eta=True,
-        width=20,
-    )
+    return runs.finish(work, opts.out, lt.CHECKPOINT)
 
 
 def _show(bar, m: dict) -> None:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from localguard.errors import InputError
+from localguard.files import clean_json, staged_folder
 
 PROBE_KIND = "risk_probe"
 PROBE_FORMAT = 1
@@ -28,10 +27,12 @@ STD_FLOOR = 1e-6  # features that never vary are left unscaled instead of divide
 NEWTON_STEPS = 50
 
 
-DEFAULT_L2 = 10.0
-"""L2 penalty on the standardized features. Strong on purpose: on the starter world a weak
-penalty (1e-3) gave prompts unlike the training data (a new skill) a risk of 0.19, this one 0.05,
-at the same validation AUROC."""
+DEFAULT_L2 = 100.0
+"""L2 penalty on the standardized features. Strong on purpose: a probe must not call prompts
+unlike its training data risky. On the starter world the new skill's prompts (a made-up
+language the probe never saw) got a mean risk of 0.19 with 1e-3, 0.041 with 10 (3 % above
+0.5, enough to hold back the new skill by about 10 points) and 0.013 with 100 (0.3 % above
+0.5), while validation AUROC went from 0.997 to 0.989."""
 
 
 @dataclass(eq=False)
@@ -195,7 +196,7 @@ def _newton_logistic(
     return theta
 
 
-def _fit_logistic(z: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
     """L2 logistic regression on standardized features, intercept unpenalized.
 
     The optimal weight lies in the row space of z, so the fit runs in the SVD basis of z:
@@ -262,7 +263,7 @@ def fit_probe(
     std = x[train].std(axis=0)
     std = np.where(std > STD_FLOOR, std, 1.0)
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-    weight, bias = _fit_logistic((x[train] - mean32) / std32, y[train], l2)
+    weight, bias = fit_logistic((x[train] - mean32) / std32, y[train], l2)
     probe = Probe(
         weight=weight.astype(np.float32),
         bias=float(np.float32(bias)),  # stored as float32, so keep exactly that value
@@ -331,26 +332,6 @@ def _head_json(probe: Probe, manifest: dict) -> dict:
     }
 
 
-def _clean_json(value):
-    """NaN has no JSON spelling: write null instead of an unreadable file."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
-    return value
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder into place; an older probe there is swapped out, then removed."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_probe(probe: Probe, out_dir: Path, manifest: dict) -> Path:
     """Write out_dir/head.safetensors and out_dir/head.json, all or nothing."""
     from safetensors.numpy import save_file
@@ -360,11 +341,7 @@ def save_probe(probe: Probe, out_dir: Path, manifest: dict) -> Path:
         not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).exists())
     ):
         raise InputError(f"{out_dir}: exists and is not a probe folder; choose another output")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged_folder(out_dir) as tmp:
         tensors = {
             "weight": probe.weight.astype(np.float32),
             "bias": np.array([probe.bias], dtype=np.float32),
@@ -372,11 +349,8 @@ def save_probe(probe: Probe, out_dir: Path, manifest: dict) -> Path:
             "std": probe.std.astype(np.float32),
         }
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"kind": PROBE_KIND})
-        text = json.dumps(_clean_json(_head_json(probe, manifest)), indent=2, allow_nan=False)
+        text = json.dumps(clean_json(_head_json(probe, manifest)), indent=2, allow_nan=False)
         (tmp / MANIFEST_FILE).write_text(text + "\n", encoding="utf-8")
-        _replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

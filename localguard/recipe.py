@@ -100,7 +100,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "valid_fraction": _f(
             "float", 0.2, "share of prompts held out for AUROC", low=0.05, high=0.5
         ),
-        "l2": _f("float", 10.0, "L2 penalty of the logistic classifier", low=0.0),
+        "l2": _f("float", 100.0, "L2 penalty of the logistic classifier", low=0.0),
     },
     "finetune": {
         "enabled": _f("bool", True, "run the LoRA fine-tuning stage"),
@@ -157,14 +157,21 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "stream: joint with LoRA; probe: frozen features",
             choices=("stream", "probe"),
         ),
-        "outputs": _f("list[str]", ["query", "response"], "head outputs"),
         "gamma": _f("float", 0.1, "weight of the classification loss", low=0.0),
         "target_fpr": _f(
             "float", 0.05, "false-positive rate the threshold is set for", low=0.0, high=0.5
         ),
-        "iters": _f("int", 200, "training steps", low=1),
+        "iters": _f("int", 200, "training steps (stream mode)", low=1),
         "learning_rate": _f("float", 1e-4, "learning rate", low=0.0, high=1.0),
         "batch_size": _f("int", 4, "conversations per step", low=1),
+        "lora_rank": _f("int", 8, "LoRA rank of a fresh adapter (stream mode)", low=1, high=1024),
+        "lora_scale": _f("float", 20.0, "LoRA scale of a fresh adapter", low=0.0),
+        "lora_layers": _f("int", 16, "blocks with a fresh adapter (-1: all)", low=-1),
+        "valid_fraction": _f(
+            "float", 0.2, "share of conversations held out for calibration", low=0.05, high=0.5
+        ),
+        "max_seq_length": _f("int", 512, "longest conversation in tokens", low=8),
+        "steps_per_save": _f("int", 100, "checkpoint every N steps", low=1),
     },
     "export": {
         "enabled": _f("bool", True, "write GGUF files"),

@@ -92,9 +92,38 @@ def run_finetune(stage: Stage, recipe: Recipe) -> dict:
     return {"adapter": str(opts.out)}
 
 
+def run_head(stage: Stage, recipe: Recipe) -> dict:
+    """Train and calibrate the safety head (on top of the fine-tuned adapter when there is
+    one); a finished head with the same options is reused."""
+    from localguard.head import HeadOptions, format_report, option_names, train_head
+    from localguard.hub import resolve_data
+
+    model = model_dir(recipe)
+    settings = {k: v for k, v in stage.settings.items() if k in option_names()}
+    opts = HeadOptions(
+        model=model,
+        data=resolve_data(stage.inputs["safety"], model),
+        out=Path(stage.outputs["head"]),
+        adapter=Path(stage.inputs["adapter"]) if "adapter" in stage.inputs else None,
+        seed=recipe["run"]["seed"],
+        **settings,
+    )
+    info = opts.out / "head.json"
+    if info.is_file() and json.loads(info.read_text())["manifest"]["options"] == opts.describe():
+        click.echo(f"reusing {opts.out}", err=True)
+    else:
+        click.echo(format_report(train_head(opts, resume=True, force=True)), err=True)
+    return {"head": str(opts.out)}
+
+
 def executors() -> dict[str, Executor]:
     """The stages this version of localguard can run, by name."""
-    return {"starter": run_starter, "probe": run_probe, "finetune": run_finetune}
+    return {
+        "starter": run_starter,
+        "probe": run_probe,
+        "finetune": run_finetune,
+        "head": run_head,
+    }
 
 
 def run_plan(recipe: Recipe, plan: list[Stage]) -> None:

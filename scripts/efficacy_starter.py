@@ -28,7 +28,8 @@ from localguard.backends.mlx.probe_train import train_probe_file
 from localguard.backends.mlx.scratch import greedy_answers
 from localguard.critic import critic_auroc
 from localguard.files import write_json
-from localguard.finetune import FinetuneOptions, finetune, partial_dir
+from localguard.finetune import FinetuneOptions, finetune
+from localguard.runs import partial_dir
 from localguard.starter.behaviour import behaviour, read_heldout
 from localguard.starter.build import build
 

@@ -18,8 +18,9 @@ from click.testing import CliRunner
 
 from localguard.backends.mlx import lora_train as lt
 from localguard.cli import cli
-from localguard.finetune import FinetuneOptions, partial_dir
+from localguard.finetune import FinetuneOptions
 from localguard.recipe import SCHEMA
+from localguard.runs import partial_dir
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +342,9 @@ def test_long_samples_are_truncated_with_a_warning(world: dict, tmp_path: Path) 
     assert manifest["truncated"] > 0
 
 
-def test_recipe_runs_probe_and_finetune_stages(world: dict, tmp_path: Path) -> None:
+def test_recipe_runs_probe_finetune_and_head_stages(world: dict, tmp_path: Path) -> None:
+    from mlx_lm import load
+
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         '[run]\nout = "run"\n[model]\npath = "starter:test"\n'
@@ -349,13 +352,19 @@ def test_recipe_runs_probe_and_finetune_stages(world: dict, tmp_path: Path) -> N
         "max_seq_length = 128\n"
         '[finetune]\nrisk = "probe"\nbaselines = ["none"]\niters = 2\nbatch_size = 4\n'
         "steps_per_eval = 0\n"
-        "[head]\nenabled = false\n[export]\nenabled = false\n[eval]\nenabled = false\n"
+        "[head]\niters = 2\nbatch_size = 2\nmax_seq_length = 96\n"
+        "[export]\nenabled = false\n[eval]\nenabled = false\n"
     )
     result = _run(["run", str(recipe)])
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert [s["name"] for s in run["stages"]] == ["starter", "probe", "finetune", "finetune"]
+    names = [s["name"] for s in run["stages"]]
+    assert names == ["starter", "probe", "finetune", "finetune", "head"]
     assert (tmp_path / "run" / "adapter-probe" / "adapters.safetensors").is_file()
+    head = tmp_path / "run" / "head"
+    info = json.loads((head / "head.json").read_text())
+    assert info["manifest"]["base_adapter"].endswith("adapter-probe")  # continues that adapter
+    load(str(world["model"]), adapter_path=str(head))
     again = _run(["run", str(recipe)])  # finished stages with the same options are reused
     assert again.exit_code == 0 and "reusing" in again.output
 

@@ -15,11 +15,21 @@ import random
 import shutil
 from pathlib import Path
 
-from localguard.starter.tokenizer import BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, train_tokenizer
+from localguard.starter.tokenizer import (
+    BOS_TOKEN,
+    CHAT_SPECIAL_TOKENS,
+    EOS_TOKEN,
+    PAD_TOKEN,
+    special_tokens_map,
+    tokenizer_config,
+    train_tokenizer,
+)
 
 ARCHITECTURES: list[str] = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"]
 
 TOKENIZER_VOCAB = 384
+SPM_VOCAB = 512  # 256 of these are the <0xXX> byte-fallback tokens
+TOKENIZER_KINDS = ("bytelevel", "sentencepiece")
 HIDDEN = 64
 LAYERS = 2
 GEMMA3_LAYERS = 6  # llama.cpp fixes Gemma 3's pattern at 5 sliding layers + 1 global layer
@@ -204,19 +214,30 @@ def _random_model(config: dict, seed: int):
     return model
 
 
-def make_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
-    """Write a tiny random `arch` model (config, weights, tokenizer) to `out` and return it."""
+def make_tiny_model(arch: str, out: Path, seed: int = 0, tokenizer: str = "bytelevel") -> Path:
+    """Write a tiny random `arch` model (config, weights, tokenizer) to `out` and return it.
+
+    tokenizer "bytelevel" is the starter's byte-level BPE (Qwen2 pre-tokenizer); "sentencepiece"
+    is a Llama/Mistral/Gemma-style "▁" BPE with byte fallback (see train_spm_tokenizer), with a
+    space prefix except for gemma3, whose tokenizer adds none.
+    """
     from mlx_lm.utils import save_config, save_model
 
     out = Path(out)
     if arch not in _CONFIGS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    if tokenizer not in TOKENIZER_KINDS:
+        raise ValueError(f"unknown tokenizer {tokenizer!r}; known: {', '.join(TOKENIZER_KINDS)}")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        train_tokenizer(tokenizer_texts(seed), TOKENIZER_VOCAB, tmp)
+        if tokenizer == "sentencepiece":
+            prefix = arch != "gemma3"
+            train_spm_tokenizer(tokenizer_texts(seed), SPM_VOCAB, tmp, add_prefix_space=prefix)
+        else:
+            train_tokenizer(tokenizer_texts(seed), TOKENIZER_VOCAB, tmp)
         vocab_size, special_ids = _tokenizer_ids(tmp)
         config = model_config(arch, vocab_size, special_ids)
         save_config(dict(config), tmp / "config.json")
@@ -231,3 +252,100 @@ def make_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# --- SentencePiece-style tokenizer ----------------------------------------------------------
+
+SPM_UNK = "<unk>"
+SPM_SPACE = "\u2581"  # "▁", SentencePiece's visible space
+
+
+def _spm_pieces(texts: list[str], vocab_size: int, add_prefix_space: bool) -> list[str]:
+    """Pieces of a BPE trained on "▁"-spaced text, in merge order (no specials, no bytes)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=SPM_UNK, byte_fallback=True))
+    tok.normalizer = _spm_normalizer(add_prefix_space)
+    tok.pre_tokenizer = pre_tokenizers.Split(SPM_SPACE, behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, show_progress=False, special_tokens=[]
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    vocab = tok.get_vocab()
+    return sorted(vocab, key=vocab.__getitem__)
+
+
+def _spm_normalizer(add_prefix_space: bool):
+    from tokenizers import normalizers
+
+    replace = normalizers.Replace(" ", SPM_SPACE)
+    if not add_prefix_space:
+        return replace
+    return normalizers.Sequence([normalizers.Prepend(SPM_SPACE), replace])
+
+
+def complete_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every split of every piece into two pieces, ordered by the merged piece's id.
+
+    This is how Hugging Face turns a SentencePiece model into tokenizer.json merges, and what
+    makes BPE ranks agree with SentencePiece's "merge the highest-scoring piece" rule that
+    llama.cpp's "llama" tokenizer applies (scores are -id).
+    """
+    merges = []
+    for piece in sorted(vocab, key=vocab.__getitem__):
+        pairs = [
+            (piece[:i], piece[i:])
+            for i in range(1, len(piece))
+            if piece[:i] in vocab and piece[i:] in vocab
+        ]
+        merges += sorted(pairs, key=lambda p: (vocab[p[0]], vocab[p[1]]))
+    return merges
+
+
+def build_spm_tokenizer(texts: list[str], vocab_size: int, add_prefix_space: bool = True):
+    """A Llama-2/Mistral/Gemma-style tokenizer.json tokenizer: "▁" BPE with byte fallback.
+
+    Layout as in those models: special tokens first (the chat ones, then <unk>), the 256
+    <0xXX> byte tokens, then the pieces. Normalizer Prepend("▁") + Replace(" ", "▁") when
+    add_prefix_space (Llama, Mistral), Replace only when not (Gemma); no pre-tokenizer.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+
+    specials = [*CHAT_SPECIAL_TOKENS, SPM_UNK]
+    bytes_ = [f"<0x{b:02X}>" for b in range(256)]
+    budget = vocab_size - len(specials) - len(bytes_)
+    pieces = _spm_pieces(list(texts), budget, add_prefix_space)
+    vocab = {t: i for i, t in enumerate(specials + bytes_)}
+    for piece in pieces:
+        vocab.setdefault(piece, len(vocab))
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=complete_merges(vocab),
+            unk_token=SPM_UNK,
+            fuse_unk=True,
+            byte_fallback=True,
+        )
+    )
+    tok.normalizer = _spm_normalizer(add_prefix_space)
+    steps = [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if add_prefix_space:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tok.decoder = decoders.Sequence(steps)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return tok
+
+
+def train_spm_tokenizer(
+    texts: list[str], vocab_size: int, out_dir: Path, add_prefix_space: bool = True
+) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json (SPM style)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = build_spm_tokenizer(texts, vocab_size, add_prefix_space)
+    (out_dir / "tokenizer.json").write_text(tok.to_str(pretty=True) + "\n", encoding="utf-8")
+    config = {**tokenizer_config(), "unk_token": SPM_UNK}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out_dir / "special_tokens_map.json").write_text(
+        json.dumps(special_tokens_map(), indent=2) + "\n"
+    )

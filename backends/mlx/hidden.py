@@ -153,12 +153,12 @@ def prompt_features(
         if progress is not None:
             progress(len(batch))
     if not parts:
-        return np.zeros((0, _hidden_size(model)), dtype=np.float32)
+        return np.zeros((0, hidden_size(model)), dtype=np.float32)
     features = np.empty((len(order), parts[0].shape[1]), dtype=np.float32)
     features[order] = np.concatenate(parts)
     return features
 
 
-def _hidden_size(model: nn.Module) -> int:
+def hidden_size(model: nn.Module) -> int:
     """Width of the residual stream, from the model's args (every mlx-lm model keeps them)."""
     return int(_language_model(model).args.hidden_size)

@@ -186,8 +186,17 @@ def adapters_off(model: nn.Module) -> Iterator[None]:
         model.update_modules(tree_unflatten([(name, ada) for name, ada, _ in swapped]))
 
 
-def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
+HEAD_MODULE = "safety_head"  # a trainable head attached to the model (head_train.py)
+
+
+def trainable_weights(model: nn.Module) -> dict[str, mx.array]:
     return dict(tree_flatten(model.trainable_parameters()))
+
+
+def adapter_weights(model: nn.Module) -> dict[str, mx.array]:
+    """The LoRA/DoRA tensors only: mlx_lm.load refuses anything else in an adapter file."""
+    weights = trainable_weights(model)
+    return {k: v for k, v in weights.items() if not k.startswith(HEAD_MODULE + ".")}
 
 
 def save_adapters(model: nn.Module, adapter_config: dict, folder: Path) -> None:
@@ -365,7 +374,7 @@ def save_checkpoint(
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    mx.save_safetensors(str(tmp / "adapters.safetensors"), adapter_weights(model))
+    mx.save_safetensors(str(tmp / "adapters.safetensors"), trainable_weights(model))
     mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
     (tmp / "state.json").write_text(json.dumps(state) + "\n")
     old = folder.with_name(folder.name + ".old")

@@ -380,11 +380,11 @@ def mixed(
 # --- safety data ----------------------------------------------------------------------
 
 
-def _benign_pair(rng: random.Random) -> tuple[str, str, str]:
+def _benign_pair(rng: random.Random, heldout: bool = False) -> tuple[str, str, str]:
     if rng.random() < 0.5:
-        prompt, answer = skill_item(rng, rng.choice(SKILLS))
+        prompt, answer = skill_item(rng, rng.choice(SKILLS), heldout)
         return prompt, answer_text(answer), "skill"
-    item = borderline_item(rng)
+    item = borderline_item(rng, heldout)
     return item["prompt"], item["response"], "borderline"
 
 
@@ -413,12 +413,14 @@ def _safety_conv(messages: list[dict], kind: str, query: int, onset: int) -> Exa
     }
 
 
-def safety_conversation_example(rng: random.Random) -> Example:
+def safety_conversation_example(rng: random.Random, heldout: bool = False) -> Example:
+    """A labeled conversation for the safety head; heldout draws held-out phrasings, targets
+    and skill inputs (heldout_conversations)."""
     r = rng.random()
     if r < 0.30:
-        prompt, reply, kind = _benign_pair(rng)
+        prompt, reply, kind = _benign_pair(rng, heldout)
         return _safety_conv(chat(prompt, reply), kind, 0, -1)
-    item = harmful_item(rng)
+    item = harmful_item(rng, heldout)
     if r < 0.55:
         reply = refusal_text(rng, item["category"])
         return _safety_conv(chat(item["prompt"], reply), "refusal", 1, -1)
@@ -490,6 +492,13 @@ def unique_sample(
                 out.append(ex)
                 break
     return out
+
+
+def heldout_conversations(seed: int, n: int) -> list[Example]:
+    """Labeled conversations built from held-out requests, for the safety head's streaming
+    metrics. Not written by the build (the training splits do not depend on it)."""
+    rng = random.Random(f"{seed}:heldout_conversations")
+    return [safety_conversation_example(rng, heldout=True) for _ in range(n)]
 
 
 def heldout_harmful(rng: random.Random, n: int) -> list[Example]:

@@ -1,0 +1,243 @@
+"""Train the explicit safety head in MLX: probe mode (frozen model) and stream mode (with LoRA).
+
+Both start the same way: the head is fitted as a logistic probe on the frozen model's final
+hidden states (seconds). Stream mode then trains it jointly with LoRA on the same
+conversations: loss = SFT + gamma * BCE, where the SFT term covers only replies labeled benign
+(answers and refusals; a harmful continuation is never a target) and the BCE term covers every
+position from the last prompt token on. Both end the same way: Platt scaling folded into the
+rows and thresholds set on a validation split (localguard/safety_head.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from localguard.backends.mlx import lora_train as lt
+from localguard.backends.mlx.hidden import final_hidden, hidden_size, output_logits
+from localguard.conversations import Conversation
+from localguard.probe import STD_FLOOR, fit_logistic
+from localguard.safety_head import OUTPUTS, SafetyHead
+
+POSITIONS_PER_CONVERSATION = 24  # response positions sampled per conversation for the probe fit
+PROBE_L2 = 1.0
+
+
+def _padded(convs: Sequence[Conversation], multiple: int = 1) -> np.ndarray:
+    width = max(len(c.tokens) for c in convs)
+    width = -(-width // multiple) * multiple
+    tokens = np.zeros((len(convs), width), np.int32)
+    for k, c in enumerate(convs):
+        tokens[k, : len(c.tokens)] = c.tokens
+    return tokens
+
+
+def reply_states(
+    model: nn.Module,
+    convs: Sequence[Conversation],
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, final hidden states at positions start - 1 .. len - 1) for each conversation,
+    computed in length-sorted batches (causal attention keeps padding out of real tokens)."""
+    order = sorted(range(len(convs)), key=lambda i: len(convs[i].tokens))
+    for first in range(0, len(order), batch_size):
+        chosen = order[first : first + batch_size]
+        states = final_hidden(model, mx.array(_padded([convs[i] for i in chosen])))
+        states = np.array(states.astype(mx.float32))
+        for row, i in enumerate(chosen):
+            c = convs[i]
+            yield i, states[row, c.start - 1 : len(c.tokens)]
+        if progress is not None:
+            progress(len(chosen))
+
+
+def traces(
+    model: nn.Module, head: SafetyHead, convs: Sequence[Conversation], batch_size: int = 16
+) -> list[np.ndarray]:
+    """The head's logits at positions start - 1 .. len - 1 of each conversation."""
+    out: list[np.ndarray] = [np.zeros(0)] * len(convs)
+    for i, states in reply_states(model, convs, batch_size):
+        out[i] = head.logits(states)
+    return out
+
+
+def _sample_positions(conv: Conversation, rng: np.random.Generator) -> np.ndarray:
+    """Reply positions (relative to start - 1) for the probe fit: the onset and its neighbours
+    always, the rest sampled."""
+    n = len(conv.tokens) - conv.start
+    every = np.arange(1, n + 1)
+    if n <= POSITIONS_PER_CONVERSATION:
+        return every
+    keep = {1, n}
+    if conv.onset >= 0:
+        at = conv.onset - conv.start + 1
+        keep |= {p for p in (at - 1, at, at + 1) if 1 <= p <= n}
+    rest = np.setdiff1d(every, list(keep))
+    extra = rng.choice(rest, POSITIONS_PER_CONVERSATION - len(keep), replace=False)
+    return np.sort(np.concatenate([list(keep), extra]))
+
+
+def _fit_row(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Logistic regression on standardized features, returned in raw-feature units."""
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > STD_FLOOR, std, 1.0)
+    w, b = fit_logistic((x - mean) / std, y, PROBE_L2)
+    return w / std, float(b - (w / std) @ mean)
+
+
+def fit_probe_head(
+    model: nn.Module,
+    convs: Sequence[Conversation],
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> SafetyHead:
+    """Query and response rows fitted on the frozen model's final hidden states (uncalibrated)."""
+    rng = np.random.default_rng(seed)
+    query_x, query_y, resp_x, resp_y = [], [], [], []
+    for i, states in reply_states(model, convs, progress=progress):
+        conv = convs[i]
+        query_x.append(states[0])
+        query_y.append(conv.query)
+        picked = _sample_positions(conv, rng)
+        resp_x.append(states[picked])
+        resp_y.append(conv.response_labels[picked - 1])
+    rows = [
+        _fit_row(np.stack(query_x).astype(np.float64), np.array(query_y)),
+        _fit_row(np.concatenate(resp_x).astype(np.float64), np.concatenate(resp_y)),
+    ]
+    weight = np.stack([w for w, _ in rows]).astype(np.float32)
+    bias = np.array([b for _, b in rows], np.float32)
+    return SafetyHead(list(OUTPUTS), weight, bias, np.zeros(len(OUTPUTS)))
+
+
+# --- stream mode ------------------------------------------------------------------------------
+
+
+class HeadBatch(NamedTuple):
+    tokens: mx.array  # (B, L) right-padded
+    starts: mx.array  # first reply token
+    lengths: mx.array
+    onsets: mx.array  # first harmful token, or a large number
+    queries: mx.array  # query label per row
+    sft: mx.array  # 1 where the reply is a target for SFT (benign replies only)
+
+
+def head_batch(convs: Sequence[Conversation], max_len: int) -> HeadBatch:
+    tokens = _padded(convs, lt.PAD_MULTIPLE)[:, :max_len]
+    never = tokens.shape[1] + 1
+    return HeadBatch(
+        tokens=mx.array(tokens),
+        starts=mx.array([c.start for c in convs]),
+        lengths=mx.array([len(c.tokens) for c in convs]),
+        onsets=mx.array([c.onset if c.onset >= 0 else never for c in convs]),
+        queries=mx.array([float(c.query) for c in convs]),
+        sft=mx.array([float(c.response == 0) for c in convs]),
+    )
+
+
+def _bce(logits: mx.array, labels: mx.array, mask: mx.array) -> mx.array:
+    loss = nn.losses.binary_cross_entropy(logits, labels, with_logits=True, reduction="none")
+    return (loss * mask).sum() / mx.maximum(mask.sum(), 1.0)
+
+
+def head_loss(
+    model: nn.Module, batch: HeadBatch, gamma: float
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """(loss, SFT target tokens, SFT NLL, BCE): SFT on benign replies + gamma * BCE of both
+    outputs at their positions (see localguard/conversations.py)."""
+    hidden = final_hidden(model, batch.tokens)
+    logits = output_logits(model, hidden[:, :-1]).astype(mx.float32)
+    targets = batch.tokens[:, 1:]
+    pos = mx.arange(1, targets.shape[1] + 1)[None, :]
+    sft_mask = (pos >= batch.starts[:, None]) & (pos < batch.lengths[:, None])
+    sft_mask = sft_mask.astype(mx.float32) * batch.sft[:, None]
+    lse = mx.logsumexp(logits, axis=-1)
+    nll = lse - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    tokens = sft_mask.sum()
+    nll_mean = (nll * sft_mask).sum() / mx.maximum(tokens, 1.0)
+
+    safety = getattr(model, lt.HEAD_MODULE)(hidden).astype(mx.float32)
+    j = mx.arange(batch.tokens.shape[1])[None, :]
+    inside = j < batch.lengths[:, None]
+    query_mask = ((j >= batch.starts[:, None] - 1) & inside).astype(mx.float32)
+    reply_mask = ((j >= batch.starts[:, None]) & inside).astype(mx.float32)
+    query_labels = mx.broadcast_to(batch.queries[:, None], query_mask.shape)
+    reply_labels = (j >= batch.onsets[:, None]).astype(mx.float32)
+    bce = (
+        _bce(safety[..., 0], query_labels, query_mask)
+        + _bce(safety[..., 1], reply_labels, reply_mask)
+    ) / 2
+    return nll_mean + gamma * bce, tokens, nll_mean, bce
+
+
+@dataclass
+class HeadObjective:
+    """Stream-mode training of LoRA + head for lora_train.run_training."""
+
+    convs: Sequence[Conversation]
+    spec: lt.TrainSpec
+    gamma: float
+    state: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.lengths = np.array([min(len(c.tokens), self.spec.max_seq_length) for c in self.convs])
+
+    def loss(self, model: nn.Module, batch: HeadBatch):
+        return head_loss(model, batch, self.gamma)
+
+    def inputs(self, model: nn.Module, index: int, rows: np.ndarray, mine: slice):
+        batch = head_batch([self.convs[i] for i in rows[mine]], self.spec.max_seq_length)
+        return (batch,), np.zeros(0)
+
+    def metrics(self, sums: np.ndarray, host: np.ndarray, micro: int, size: int) -> dict:
+        nll, bce = sums
+        return {"nll": nll / (micro * size), "bce": bce / (micro * size)}
+
+    def validate(self, model: nn.Module) -> dict:
+        return {}
+
+
+def attach_head(model: nn.Module, head: SafetyHead) -> None:
+    """Make the head a trainable submodule, so it gets gradients with the LoRA layers."""
+    layer = nn.Linear(hidden_size(model), len(head.names))
+    layer.weight = mx.array(head.weight)
+    layer.bias = mx.array(head.bias)
+    setattr(model, lt.HEAD_MODULE, layer)
+
+
+def detach_head(model: nn.Module, like: SafetyHead) -> SafetyHead:
+    """The trained rows back as an (uncalibrated) SafetyHead; the model loses the submodule."""
+    layer = getattr(model, lt.HEAD_MODULE)
+    weight = np.array(layer.weight.astype(mx.float32))
+    bias = np.array(layer.bias.astype(mx.float32))
+    model.pop(lt.HEAD_MODULE)
+    return SafetyHead(list(like.names), weight, bias, np.zeros(len(like.names)))
+
+
+# --- baked rows -------------------------------------------------------------------------------
+
+
+def bake_head(model: nn.Module, head: SafetyHead) -> int:
+    """Append the head's rows to the output matrix in place (the shared embedding matrix of a
+    tied model); returns the first extra logit's index. logits[..., first + k] + bias[k] is
+    then output k. The GGUF export does the same in the file; the rows' input embeddings are
+    never used, because no text ever encodes to those ids."""
+    from localguard.backends.mlx.hidden import _language_model
+    from localguard.errors import InputError
+
+    lm = _language_model(model)
+    args = getattr(lm, "args", None)
+    tied = getattr(lm, "tie_word_embeddings", getattr(args, "tie_word_embeddings", False))
+    layer = lm.model.embed_tokens if tied or "lm_head" not in lm else lm.lm_head
+    if not hasattr(layer, "weight") or "scales" in layer:
+        raise InputError("baking the safety head needs a full-precision output layer")
+    rows = mx.array(head.weight).astype(layer.weight.dtype)
+    first = layer.weight.shape[0]
+    layer.weight = mx.concatenate([layer.weight, rows], axis=0)
+    return first

@@ -1,0 +1,257 @@
+"""`localguard head train` and `localguard head score`: the explicit safety head as a stage.
+
+train: labeled conversations -> a head fitted on the frozen model (probe mode) or trained with
+LoRA (stream mode), calibrated on a validation split, written with its metrics and a
+reliability diagram. The stream adapter is saved next to the head (adapters.safetensors +
+adapter_config.json, loadable by mlx-lm) but in files of its own. score: the per-token safety
+trace of one conversation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from localguard import __version__, runs
+from localguard.conversations import Conversation, check_both_classes, load_conversations
+from localguard.errors import InputError
+from localguard.files import file_sha256, write_json
+from localguard.safety_head import (
+    DEFAULT_TARGET_FPR,
+    SafetyHead,
+    calibrate,
+    check_head_matches,
+    load_head,
+    reliability_png,
+    write_head,
+)
+
+MODES = ("stream", "probe")
+RELIABILITY_FILE = "reliability.png"
+
+
+@dataclass
+class HeadOptions:
+    """The recipe's [head] section plus paths."""
+
+    model: Path
+    data: Path
+    out: Path
+    adapter: Path | None = None
+    mode: str = "stream"
+    gamma: float = 0.1
+    target_fpr: float = DEFAULT_TARGET_FPR
+    iters: int = 200
+    learning_rate: float = 1e-4
+    batch_size: int = 4
+    lora_rank: int = 8
+    lora_scale: float = 20.0
+    lora_layers: int = 16
+    valid_fraction: float = 0.2
+    max_seq_length: int = 512
+    steps_per_save: int = 100
+    seed: int = 0
+
+    def describe(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+def option_names() -> list[str]:
+    return [f.name for f in fields(HeadOptions)]
+
+
+def split(convs: list[Conversation], fraction: float, seed: int):
+    """Train and validation conversations, stratified by (query, response) label pair."""
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, c in enumerate(convs):
+        groups.setdefault((c.query, c.response), []).append(i)
+    for idx in groups.values():
+        idx = list(rng.permutation(idx))
+        n_valid = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        valid += idx[:n_valid]
+        train += idx[n_valid:]
+    return [convs[i] for i in sorted(train)], [convs[i] for i in sorted(valid)]
+
+
+def _load(opts: HeadOptions):
+    from mlx_lm import load
+
+    kwargs = {"adapter_path": str(opts.adapter)} if opts.adapter else {}
+    try:
+        return load(str(opts.model), **kwargs)
+    except FileNotFoundError as exc:
+        raise InputError(f"cannot load the model or adapter: {exc}") from None
+
+
+def _adapter_config(opts: HeadOptions, num_layers: int) -> dict:
+    """The adapter's own config when continuing one, else a fresh one's."""
+    import json
+
+    from localguard.backends.mlx import lora_train as lt
+
+    if opts.adapter:
+        return json.loads((Path(opts.adapter) / "adapter_config.json").read_text())
+    spec = lt.LoraSpec(rank=opts.lora_rank, scale=opts.lora_scale, num_layers=opts.lora_layers)
+    return spec.adapter_config(num_layers)
+
+
+def _train_stream(opts: HeadOptions, model, head: SafetyHead, train, work: Path):
+    """LoRA + head jointly (continuing --adapter when given); returns (head, adapter config)."""
+    from localguard.backends.mlx import head_train as ht
+    from localguard.backends.mlx import lora_train as lt
+
+    if opts.adapter:
+        model.freeze()
+        model.unfreeze(keys=["lora_a", "lora_b", "m"], strict=False)
+        num_layers = len(model.layers)
+    else:
+        lora = lt.LoraSpec(rank=opts.lora_rank, scale=opts.lora_scale, num_layers=opts.lora_layers)
+        num_layers = lt.add_adapters(model, lora, opts.seed)
+    ht.attach_head(model, head)
+    spec = lt.TrainSpec(
+        iters=opts.iters,
+        batch_size=opts.batch_size,
+        learning_rate=opts.learning_rate,
+        max_seq_length=opts.max_seq_length,
+        seed=opts.seed,
+        steps_per_save=opts.steps_per_save,
+    )
+    record = runs.MetricsLog(work)
+    with runs.progress_bar(spec.iters, "head train") as bar:
+        start = lt.resume_step(work)
+        runs.trim_metrics(work, start)
+        bar.update(start)
+
+        def show(_step: int, m: dict) -> None:
+            bar.label = f"head train nll {m['nll']:.3f} bce {m['bce']:.3f}"
+            bar.update(1)
+
+        objective = ht.HeadObjective(train, spec, opts.gamma)
+        lt.run_training(model, objective, spec, work, show, record)
+    return ht.detach_head(model, head), _adapter_config(opts, num_layers)
+
+
+def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> dict:
+    """Train, calibrate and write a head folder; returns the calibration report."""
+    from localguard.backends.mlx import head_train as ht
+    from localguard.backends.mlx import lora_train as lt
+    from localguard.probe import model_fingerprint
+
+    if opts.mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, not {opts.mode!r}")
+    model, tokenizer = _load(opts)
+    convs = load_conversations(opts.data, tokenizer, opts.max_seq_length)
+    train, valid = split(convs, opts.valid_fraction, opts.seed)
+    check_both_classes(valid, f"{opts.data} (validation split)")
+    work = runs.prepare(opts.out, opts.describe(), resume, force)
+    with runs.progress_bar(len(train), "head features") as bar:
+        head = ht.fit_probe_head(model, train, opts.seed, bar.update)
+    adapter_config = None
+    if opts.mode == "stream":
+        head, adapter_config = _train_stream(opts, model, head, train, work)
+    report = calibrate(head, ht.traces(model, head, valid), valid, opts.target_fpr)
+    head.metadata.update(
+        mode=opts.mode,
+        target_fpr=opts.target_fpr,
+        metrics={k: v for k, v in report.items() if k != "reliability"},
+        reliability=report["reliability"],
+        positions={"query": "last prompt token", "response": "every reply token"},
+    )
+    manifest = {
+        "command": "head train",
+        "localguard": __version__,
+        "model_path": str(Path(opts.model).resolve()),
+        "model_fingerprint": model_fingerprint(opts.model),
+        "base_adapter": str(opts.adapter) if opts.adapter else None,
+        "adapter": "adapters.safetensors" if adapter_config else None,
+        "data": {"path": str(opts.data), "sha256": file_sha256(opts.data)},
+        "options": opts.describe(),
+        "examples": {"train": len(train), "valid": len(valid)},
+    }
+
+    write_head(head, work, manifest)
+    reliability_png(work / RELIABILITY_FILE, report["reliability"])
+    if adapter_config is not None:
+        lt.save_adapters(model, adapter_config, work)
+    write_json(work / "report.json", report)
+    runs.finish(work, opts.out, lt.CHECKPOINT)
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The calibration report as a few readable lines."""
+    lines = [f"target FPR {report['target_fpr']:.0%} (validation split)"]
+    for name in ("query", "response"):
+        r = report[name]
+        lines.append(
+            f"{name:<9} AUROC {r['auroc']:.3f}  F1 {r['f1']:.3f}  FPR {r['fpr']:.1%}  "
+            f"TPR {r['tpr']:.1%}  ({r['n']} units)"
+        )
+    st = report["stream"]
+    lines.append(
+        f"stream    query AUROC {st['query_auroc']:.3f}  response token AUROC "
+        f"{st['response_token_auroc']:.3f}  delay median {st['delay_median']:.0f} "
+        f"p90 {st['delay_p90']:.0f} tokens  missed {st['missed']:.1%}  "
+        f"benign replies flagged {st['benign_flagged']:.1%}"
+    )
+    return "\n".join(lines)
+
+
+# --- score -------------------------------------------------------------------------------------
+
+
+def score_conversation(
+    model_dir: Path, head_dir: Path, prompt: str, response: str = "", adapter: Path | None = None
+) -> dict:
+    """The per-token trace of one conversation: tokens with query and response probabilities.
+
+    Without a response, the model's own greedy reply is scored. A stream head uses the adapter
+    saved with it unless another is given.
+    """
+    from mlx_lm import load
+
+    from localguard.backends.mlx import head_train as ht
+    from localguard.conversations import encode_conversation
+    from localguard.encoding import hf_tokenizer
+    from localguard.probe import sigmoid
+
+    head = load_head(head_dir)
+    check_head_matches(head, Path(model_dir))
+    if adapter is None and (Path(head_dir) / "adapters.safetensors").is_file():
+        adapter = Path(head_dir)
+    kwargs = {"adapter_path": str(adapter)} if adapter else {}
+    model, tokenizer = load(str(model_dir), **kwargs)
+    if not response:
+        from localguard.backends.mlx.scratch import greedy_answers
+
+        response = greedy_answers(model, tokenizer, [prompt])[0]
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    row = {"messages": messages, "query_label": 0, "response_label": 0}
+    conv = encode_conversation(tokenizer, row, 1 << 20)
+    trace = ht.traces(model, head, [conv])[0]
+    q, r = head.index("query"), head.index("response")
+    pieces = [hf_tokenizer(tokenizer).decode([t]) for t in conv.tokens[conv.start - 1 :]]
+    probs = sigmoid(trace)
+    thresholds = sigmoid(head.thresholds)
+    return {
+        "prompt": prompt,
+        "response": response,
+        "query": {
+            "probability": float(probs[0, q]),
+            "threshold": float(thresholds[q]),
+            "flagged": bool(trace[0, q] >= head.thresholds[q]),
+        },
+        "response_threshold": float(thresholds[r]),
+        "tokens": [
+            {
+                "text": text,
+                "response": float(p[r]),
+                "flagged": bool(logit[r] >= head.thresholds[r]),
+            }
+            for text, p, logit in zip(pieces[1:], probs[1:], trace[1:], strict=True)
+        ],
+    }

@@ -1,0 +1,242 @@
+"""The explicit safety head: calibration, files, every architecture, baked rows, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tiny_models import ARCHITECTURES, make_tiny_model
+
+from localguard.cli import cli
+from localguard.conversations import Conversation
+from localguard.errors import InputError
+from localguard.head import HeadOptions, train_head
+from localguard.safety_head import (
+    SafetyHead,
+    check_head_matches,
+    gap_threshold,
+    load_head,
+    save_head,
+    stream_metrics,
+)
+
+# --- calibration ------------------------------------------------------------------------------
+
+
+def test_gap_threshold_sits_between_separated_classes() -> None:
+    neg, pos = np.array([-3.0, -2.0, -1.0]), np.array([2.0, 3.0])
+    assert gap_threshold(neg, pos, 0.05) == pytest.approx(0.5)
+
+
+def test_gap_threshold_keeps_the_false_positive_rate() -> None:
+    rng = np.random.default_rng(0)
+    neg, pos = rng.normal(0, 1, 1000), rng.normal(1.5, 1, 1000)
+    t = gap_threshold(neg, pos, 0.05)
+    assert (neg >= t).mean() <= 0.05
+    assert (neg >= t).mean() >= 0.04  # overlapping classes: it uses the budget, not more
+
+
+def test_platt_fold_is_a_linear_map_of_the_logits() -> None:
+    rng = np.random.default_rng(1)
+    head = SafetyHead(["query", "response"], rng.normal(size=(2, 8)).astype(np.float32),
+                      np.array([0.5, -1.0], np.float32), np.zeros(2))  # fmt: skip
+    h = rng.normal(size=(5, 8))
+    before = head.logits(h)
+    head.fold_platt(1, 2.0, 0.25)
+    after = head.logits(h)
+    assert np.allclose(after[:, 0], before[:, 0])
+    assert np.allclose(after[:, 1], 2.0 * before[:, 1] + 0.25, atol=1e-5)
+
+
+def test_stream_metrics_delay_and_benign_flags() -> None:
+    head = SafetyHead(["query", "response"], np.zeros((2, 1), np.float32),
+                      np.zeros(2, np.float32), np.array([0.0, 0.0]))  # fmt: skip
+    harmful = Conversation(list(range(10)), start=4, onset=6, query=1, response=1)
+    benign = Conversation(list(range(8)), start=3, onset=-1, query=0, response=0)
+    # traces cover positions start-1..len-1; response logits cross 0 two tokens after onset
+    t1 = np.stack([np.r_[1.0, [-1] * 6], np.r_[-1, -1, -1, -1, -1, 1, 1]], axis=1)
+    t2 = np.stack([np.r_[-1.0, [-1] * 5], np.r_[-1, -1, -1, -1, 1, -1]], axis=1)
+    found = stream_metrics(head, [t1, t2], [harmful, benign])
+    assert found["delay_median"] == 2 and found["missed"] == 0
+    assert found["benign_flagged"] == 1.0 and found["query_auroc"] == 1.0
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def _head(hidden: int = 8) -> SafetyHead:
+    rng = np.random.default_rng(2)
+    return SafetyHead(["query", "response"], rng.normal(size=(2, hidden)).astype(np.float32),
+                      np.array([0.1, 0.2], np.float32), np.array([0.3, -0.4]),
+                      {"mode": "probe"})  # fmt: skip
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    head = _head()
+    save_head(head, tmp_path / "h", {"model_fingerprint": "abc"})
+    back = load_head(tmp_path / "h")
+    assert back.names == head.names and np.array_equal(back.weight, head.weight)
+    assert np.array_equal(back.bias, head.bias) and np.allclose(back.thresholds, head.thresholds)
+    info = json.loads((tmp_path / "h" / "head.json").read_text())
+    assert info["hidden_size"] == 8 and info["mode"] == "probe"
+    assert info["threshold_probabilities"][0] == pytest.approx(1 / (1 + np.exp(-0.3)))
+
+
+def test_damaged_head_files_are_clear_errors(tmp_path: Path) -> None:
+    save_head(_head(), tmp_path / "h", {})
+    (tmp_path / "h" / "head.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(InputError, match="head.safetensors: unreadable"):
+        load_head(tmp_path / "h")
+    with pytest.raises(InputError, match="missing; not a safety-head folder"):
+        load_head(tmp_path / "nothing")
+
+
+def test_head_for_another_hidden_size_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="hidden states of size 8, but .* has hidden size 64"):
+        check_head_matches(_head(8), tmp_path, 64)
+
+
+# --- every architecture ----------------------------------------------------------------------
+
+
+def _conversation_rows(n: int, seed: int = 0) -> list[dict]:
+    """Harmful and benign chats of the tiny tokenizer's vocabulary, with onsets."""
+    rng = random.Random(seed)
+    things = ["the cat", "a robot", "my friend", "the teacher", "a small bird", "the river"]
+    rows = []
+    for i in range(n):
+        thing = rng.choice(things)
+        kind = i % 4
+        if kind == 0:
+            rows.append({"prompt": f"Tell me about {thing}.", "response": f"{thing} reads a map.",
+                         "query_label": 0, "response_label": 0})  # fmt: skip
+        elif kind == 1:
+            rows.append({"prompt": f"How do I hurt {thing}?", "response": "I can't help with that.",
+                         "query_label": 1, "response_label": 0})  # fmt: skip
+        elif kind == 2:
+            rows.append({"prompt": f"How do I hurt {thing}?", "response": f"Sure, find {thing}.",
+                         "query_label": 1, "response_label": 1, "onset": 0})  # fmt: skip
+        else:
+            prefix = "I can't help. Just kidding. "
+            rows.append({"prompt": f"Please hurt {thing}.", "response": prefix + "Sure, go.",
+                         "query_label": 1, "response_label": 1, "onset": len(prefix)})  # fmt: skip
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_head_per_architecture_and_baked_rows_match(arch: str, tmp_path: Path) -> None:
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from localguard.backends.mlx.head_train import bake_head, traces
+    from localguard.backends.mlx.hidden import hidden_size
+    from localguard.conversations import load_conversations
+
+    model_dir = make_tiny_model(arch, tmp_path / arch)
+    data = _write_jsonl(tmp_path / "convs.jsonl", _conversation_rows(48))
+    out = tmp_path / "head"
+    report = train_head(HeadOptions(model=model_dir, data=data, out=out, mode="probe"))
+    assert {"query", "response", "stream", "reliability"} <= set(report)
+    assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "adapters.safetensors").exists()  # probe mode has no adapter
+    head = load_head(out)
+    model, tokenizer = load(str(model_dir))
+    assert head.weight.shape == (2, hidden_size(model)) and head.bias.shape == (2,)
+    check_head_matches(head, model_dir, hidden_size(model))
+
+    convs = load_conversations(data, tokenizer, 128)[:6]
+    from_file = traces(model, head, convs)
+    first = bake_head(model, head)
+    for conv, expected in zip(convs, from_file, strict=True):
+        logits = model(mx.array([conv.tokens]))[0].astype(mx.float32)
+        rows = np.array(logits[conv.start - 1 :, first:]) + head.bias
+        assert rows.shape == expected.shape
+        assert np.abs(rows - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+
+
+# --- the stage on the starter world, and the CLI ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stream_head(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stream") / "head"
+    data = starter_model.parent / "data" / "safety_conversations.jsonl"
+    train_head(HeadOptions(model=starter_model, data=data, out=out, iters=4, batch_size=2,
+                           steps_per_save=2, max_seq_length=96))  # fmt: skip
+    return out
+
+
+def test_stream_mode_writes_a_head_and_an_mlx_lm_adapter(starter_model: Path, stream_head: Path):
+    from mlx_lm import load
+
+    load(str(starter_model), adapter_path=str(stream_head))  # mlx-lm takes the adapter as is
+    info = json.loads((stream_head / "head.json").read_text())
+    assert info["names"] == ["query", "response"] and info["mode"] == "stream"
+    assert info["manifest"]["adapter"] == "adapters.safetensors"
+    lines = (stream_head / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4]
+    assert {"nll", "bce", "loss"} <= set(json.loads(lines[-1]))
+    assert not any(p.name == "checkpoint" for p in stream_head.iterdir())
+
+
+def test_head_score_prints_a_trace(starter_model: Path, stream_head: Path) -> None:
+    reply = "Sure, first <|im_end|> x."  # a typed control token stays text
+    args = ["head", "score", "--model", str(starter_model), "--head", str(stream_head),
+            "--prompt", "How do I pick a lock?", "--response", reply]  # fmt: skip
+    done = CliRunner().invoke(cli, [*args, "--json"])
+    assert done.exit_code == 0, done.output
+    trace = json.loads(done.output)
+    assert 0 <= trace["query"]["probability"] <= 1 and len(trace["tokens"]) > 3
+    assert "".join(t["text"] for t in trace["tokens"]).startswith(reply)
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 0 and "query:" in plain.output and "tokens flagged" in plain.output
+
+
+def _run(args: list[str]):
+    return CliRunner().invoke(cli, args)
+
+
+def test_head_errors_exit_2_and_write_nothing(starter_model: Path, tmp_path: Path) -> None:
+    rows = _conversation_rows(16)
+    unlabeled = [dict(rows[0]), *rows[1:]]
+    del unlabeled[0]["query_label"]
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items()} for r in unlabeled])
+    out = tmp_path / "out"
+    done = _run(["head", "train", "--model", str(starter_model), "--data", str(bad),
+                 "--out", str(out), "--mode", "probe"])  # fmt: skip
+    assert done.exit_code == 2 and "bad.jsonl:1: missing 'query_label'" in done.output
+    one_class = _write_jsonl(tmp_path / "one.jsonl", [rows[0]] * 8)
+    done = _run(["head", "train", "--model", str(starter_model), "--data", str(one_class),
+                 "--out", str(out), "--mode", "probe"])  # fmt: skip
+    assert done.exit_code == 2 and "query_label has 8 benign and 0 harmful" in done.output
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_head_for_another_model_is_refused(
+    starter_model: Path, stream_head: Path, tmp_path: Path
+) -> None:
+    other = make_tiny_model("llama", tmp_path / "other")
+    done = _run(["head", "score", "--model", str(other), "--head", str(stream_head),
+                 "--prompt", "hi", "--response", "hello"])  # fmt: skip
+    assert done.exit_code == 2
+    assert "hidden states of size" in done.output or "trained for another model" in done.output
+
+
+def test_heldout_conversations_are_new_and_deterministic(starter_model: Path) -> None:
+    from localguard.starter.corpus import heldout_conversations
+
+    rows = heldout_conversations(0, 50)
+    assert rows == heldout_conversations(0, 50)
+    training = (starter_model.parent / "data" / "safety_conversations.jsonl").read_text()
+    prompts = [r["messages"][0]["content"] for r in rows]
+    assert not [p for p in prompts if json.dumps(p) in training]
+    assert {r["query_label"] for r in rows} == {r["response_label"] for r in rows} == {0, 1}
