@@ -23,7 +23,7 @@ sysdeps:
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# the efficacy result on the demo starter world (builds it: about 20 minutes on 2 cores)
+# the efficacy result on the demo starter world (builds it, nine fine-tunes: about 45 minutes)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 LOCALGUARD_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_efficacy.py
 

@@ -9,7 +9,7 @@ message's text with them off. Every stage (probe, finetune, head, chat, eval) en
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from localguard.errors import InputError
 
@@ -28,27 +28,44 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return list(hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
-def encode_chat(
-    tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False
-) -> list[int]:
-    """A chat through the model's chat template; message text can never become a control token."""
-    hf = hf_tokenizer(tokenizer)
+def render_pieces(render: Callable[[list[dict]], str], messages: Sequence[dict]):
+    """The chat rendered by `render` as (text, is_message) pieces in order.
+
+    Each message's content is replaced by a sentinel before rendering, so the template's own
+    text and the messages' text come back apart, whatever tokenizer encodes them afterwards.
+    """
     marked = [dict(m, content=_SENTINEL.format(i)) for i, m in enumerate(messages)]
-    rendered = hf.apply_chat_template(
-        marked, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    pieces = _SENTINEL_RE.split(rendered)
+    pieces = _SENTINEL_RE.split(render(marked))
     order = [int(p) for p in pieces[1::2]]
     if order != list(range(len(messages))):
         raise InputError(
             "the chat template rewrites or drops message text, so it cannot be tokenized safely"
         )
-    ids: list[int] = []
+    out = []
     for k, piece in enumerate(pieces):
         if k % 2:
-            ids += encode_text(hf, messages[int(piece)]["content"])
+            out.append((messages[int(piece)]["content"], True))
         elif piece:
-            ids += hf(piece, add_special_tokens=False)["input_ids"]
+            out.append((piece, False))
+    return out
+
+
+def encode_chat(
+    tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False
+) -> list[int]:
+    """A chat through the model's chat template; message text can never become a control token."""
+    hf = hf_tokenizer(tokenizer)
+
+    def render(marked: list[dict]) -> str:
+        return hf.apply_chat_template(
+            marked, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+
+    ids: list[int] = []
+    for text, is_message in render_pieces(render, messages):
+        ids += (
+            encode_text(hf, text) if is_message else hf(text, add_special_tokens=False)["input_ids"]
+        )
     return ids
 
 

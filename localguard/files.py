@@ -58,3 +58,28 @@ def staged_folder(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_kind_json(path: Path, kind: str, version: int, what: str) -> dict:
+    """A localguard JSON file whose "kind" and "format" must match; defects are one-line
+    InputErrors that name the file (what: "risk probe", "safety head", ...)."""
+    from localguard.errors import InputError
+
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing; not a {what} folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict) or info.get("kind") != kind:
+        raise InputError(f"{path}: not a localguard {what} (kind must be {kind!r})")
+    if info.get("format") != version:
+        raise InputError(f"{path}: format {info.get('format')!r} is not {version}")
+    return info
+
+
+def describe(options) -> dict:
+    """A stage's options dataclass as JSON-ready data (paths as strings)."""
+    from dataclasses import asdict
+
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()}

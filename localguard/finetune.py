@@ -11,7 +11,7 @@ half-written. A killed run keeps its last checkpoint in OUT.partial/ and `--resu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import click
@@ -20,7 +20,7 @@ import numpy as np
 from localguard import __version__, runs
 from localguard.data import load_dataset, split_for_validation, warnings_for
 from localguard.errors import InputError
-from localguard.files import file_sha256, write_json
+from localguard.files import describe, file_sha256, write_json
 from localguard.home import home
 
 RISKS = ("none", "constant", "probe", "critic")
@@ -66,8 +66,7 @@ class FinetuneOptions:
     seed: int = 0
 
     def describe(self) -> dict:
-        """The options as JSON-ready data (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return describe(self)
 
 
 def option_names() -> list[str]:

@@ -9,7 +9,7 @@ trace of one conversation.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,11 @@ import numpy as np
 from localguard import __version__, runs
 from localguard.conversations import Conversation, check_both_classes, load_conversations
 from localguard.errors import InputError
-from localguard.files import file_sha256, write_json
+from localguard.files import describe, file_sha256, write_json
 from localguard.safety_head import (
     DEFAULT_TARGET_FPR,
     SafetyHead,
     calibrate,
-    check_head_matches,
-    load_head,
     reliability_png,
     write_head,
 )
@@ -55,7 +53,7 @@ class HeadOptions:
     seed: int = 0
 
     def describe(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        return describe(self)
 
 
 def option_names() -> list[str]:
@@ -212,19 +210,13 @@ def score_conversation(
     Without a response, the model's own greedy reply is scored. A stream head uses the adapter
     saved with it unless another is given.
     """
-    from mlx_lm import load
-
     from localguard.backends.mlx import head_train as ht
+    from localguard.backends.mlx.guarded import load_with_head
     from localguard.conversations import encode_conversation
     from localguard.encoding import hf_tokenizer
     from localguard.probe import sigmoid
 
-    head = load_head(head_dir)
-    check_head_matches(head, Path(model_dir))
-    if adapter is None and (Path(head_dir) / "adapters.safetensors").is_file():
-        adapter = Path(head_dir)
-    kwargs = {"adapter_path": str(adapter)} if adapter else {}
-    model, tokenizer = load(str(model_dir), **kwargs)
+    model, tokenizer, head = load_with_head(Path(model_dir), Path(head_dir), adapter)
     if not response:
         from localguard.backends.mlx.scratch import greedy_answers
 

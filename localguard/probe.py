@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from localguard.errors import InputError
-from localguard.files import clean_json, staged_folder
+from localguard.files import clean_json, read_kind_json, staged_folder
 
 PROBE_KIND = "risk_probe"
 PROBE_FORMAT = 1
@@ -354,20 +354,6 @@ def save_probe(probe: Probe, out_dir: Path, manifest: dict) -> Path:
     return out_dir
 
 
-def _read_head_json(path: Path) -> dict:
-    try:
-        head = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; not a probe folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(head, dict) or head.get("kind") != PROBE_KIND:
-        raise InputError(f"{path}: not a localguard risk probe (kind must be {PROBE_KIND!r})")
-    if head.get("format") != PROBE_FORMAT:
-        raise InputError(f"{path}: format {head.get('format')!r} is not {PROBE_FORMAT}")
-    return head
-
-
 def _read_tensors(path: Path, hidden_size: int) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
@@ -389,7 +375,7 @@ def load_probe(path: Path) -> Probe:
     """Read a probe folder (or its head.json); any defect is a one-line InputError."""
     path = Path(path)
     folder = path.parent if path.name == MANIFEST_FILE else path
-    head = _read_head_json(folder / MANIFEST_FILE)
+    head = read_kind_json(folder / MANIFEST_FILE, PROBE_KIND, PROBE_FORMAT, "risk probe")
     try:
         hidden_size = int(head["hidden_size"])
         layers = [int(i) for i in head["layers"]]
@@ -414,17 +400,21 @@ def load_probe(path: Path) -> Probe:
     )
 
 
-def check_probe_matches(probe: Probe, model_dir: Path) -> None:
-    """Refuse a probe whose recorded model fingerprint is not this model's."""
-    where = probe.metadata.get("path", "(unsaved)")
-    manifest = probe.metadata.get("manifest") or {}
+def check_fingerprint(what: str, metadata: dict, model_dir: Path) -> None:
+    """Refuse a file (a probe, a head) whose recorded model fingerprint is not this model's."""
+    where = f"{what} {metadata.get('path', '(unsaved)')}"
+    manifest = metadata.get("manifest") or {}
     expected = manifest.get("model_fingerprint")
     if not expected:
-        raise InputError(f"probe {where} records no model fingerprint; retrain it")
+        raise InputError(f"{where} records no model fingerprint; retrain it")
     actual = model_fingerprint(model_dir)
     if actual != expected:
         trained_for = manifest.get("model_path", "an unknown model")
         raise InputError(
-            f"probe {where} was trained for another model ({trained_for}, fingerprint "
+            f"{where} was trained for another model ({trained_for}, fingerprint "
             f"{expected[:12]}), not {model_dir} (fingerprint {actual[:12]})"
         )
+
+
+def check_probe_matches(probe: Probe, model_dir: Path) -> None:
+    check_fingerprint("probe", probe.metadata, model_dir)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from localguard.errors import InputError
-from localguard.files import clean_json, staged_folder
-from localguard.probe import auroc, f1_score, model_fingerprint, sigmoid
+from localguard.files import clean_json, read_kind_json, staged_folder
+from localguard.probe import auroc, check_fingerprint, f1_score, sigmoid
 
 HEAD_KIND = "safety_head"
 HEAD_FORMAT = 1
@@ -189,27 +189,13 @@ def save_head(head: SafetyHead, out_dir: Path, manifest: dict) -> Path:
     return Path(out_dir)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing; not a safety-head folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict) or info.get("kind") != HEAD_KIND:
-        raise InputError(f"{path}: not a localguard safety head (kind must be {HEAD_KIND!r})")
-    if info.get("format") != HEAD_FORMAT:
-        raise InputError(f"{path}: format {info.get('format')!r} is not {HEAD_FORMAT}")
-    return info
-
-
 def load_head(path: Path) -> SafetyHead:
     """Read a head folder (or its head.json); any defect is a one-line InputError."""
     from safetensors.numpy import load_file
 
     path = Path(path)
     folder = path.parent if path.name == MANIFEST_FILE else path
-    info = _read_json(folder / MANIFEST_FILE)
+    info = read_kind_json(folder / MANIFEST_FILE, HEAD_KIND, HEAD_FORMAT, "safety head")
     try:
         names = [str(n) for n in info["names"]]
         hidden = int(info["hidden_size"])
@@ -220,7 +206,7 @@ def load_head(path: Path) -> SafetyHead:
     try:
         tensors = load_file(str(weights))
     except FileNotFoundError:
-        raise InputError(f"{weights}: missing; not a safety-head folder") from None
+        raise InputError(f"{weights}: missing; not a safety head folder") from None
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise InputError(f"{weights}: unreadable ({exc})") from None
     k = len(names)
@@ -254,16 +240,7 @@ def check_head_matches(head: SafetyHead, model_dir: Path, hidden_size: int | Non
             f"head {where} reads hidden states of size {head.hidden_size}, but {model_dir} "
             f"has hidden size {hidden_size}"
         )
-    manifest = head.metadata.get("manifest") or {}
-    expected = manifest.get("model_fingerprint")
-    if not expected:
-        raise InputError(f"head {where} records no model fingerprint; retrain it")
-    actual = model_fingerprint(model_dir)
-    if actual != expected:
-        raise InputError(
-            f"head {where} was trained for another model ({manifest.get('model_path', '?')}, "
-            f"fingerprint {expected[:12]}), not {model_dir} (fingerprint {actual[:12]})"
-        )
+    check_fingerprint("head", head.metadata, model_dir)
 
 
 # --- streams: per-conversation traces --------------------------------------------------------

@@ -91,7 +91,7 @@ def test_damaged_head_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "h" / "head.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(InputError, match="head.safetensors: unreadable"):
         load_head(tmp_path / "h")
-    with pytest.raises(InputError, match="missing; not a safety-head folder"):
+    with pytest.raises(InputError, match="missing; not a safety head folder"):
         load_head(tmp_path / "nothing")
 
 
