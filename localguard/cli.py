@@ -323,6 +323,46 @@ def head_score(
                f"(threshold {threshold:.3f})")  # fmt: skip
 
 
+EXPORT_KEYS = [
+    "quant", "keep_output_q8", "lora_only", "base_gguf", "calibration", "calibration_size",
+    "threads",
+]  # fmt: skip
+
+
+@cli.command("export")
+@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--adapter", type=click.Path(file_okay=False),
+              help="LoRA/DoRA adapter to fuse (a stream head's own one wins).")  # fmt: skip
+@click.option("--head", type=click.Path(file_okay=False),
+              help="Safety head folder: its rows become extra output rows.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--max-seq-length", type=int, default=512, show_default=True,
+              help="Longest calibration conversation in tokens.")  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
+@schema_options("export", EXPORT_KEYS)
+@schema_options("guard", ["tau", "refusal_prefix"])
+def export_command(**options: Any) -> None:
+    """Fuse, bake the safety head into the output rows, write GGUF, quantize, re-calibrate.
+
+    Writes OUT/model-F16.gguf, one OUT/model-TYPE.gguf per --quant type (comma-separated or
+    repeated; any type llama.cpp offers) and OUT/export.json, whose parity table (tokenization,
+    max logit difference and verdict agreement against MLX, re-calibrated bias shift) is
+    printed. --lora-only writes OUT/lora.gguf for a base GGUF you already have instead.
+    """
+    from pathlib import Path
+
+    from localguard.export import ExportOptions, export, format_report
+    from localguard.hub import resolve_model
+
+    options["model"] = resolve_model(options["model"])
+    for key in ("out", "adapter", "head", "base_gguf", "calibration"):
+        options[key] = Path(options[key]) if options[key] else None
+    options["quant"] = list(options["quant"])
+    report = export(ExportOptions(**options))
+    click.echo(format_report(report))
+    click.echo(f"-> {options['out']}")
+
+
 def main() -> None:
     """Console entry point: arrange a fast BLAS (Linux), then run the CLI."""
     blas.reexec_with_fast_blas()

@@ -175,8 +175,28 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "export": {
         "enabled": _f("bool", True, "write GGUF files"),
-        "quant": _f("list[str]", ["Q4_K_M"], "quantization types besides F16", choices=QUANT_TYPES),
+        "quant": _f(
+            "list[str]", ["Q8_0", "Q4_K_M"], "quantization types besides F16", choices=QUANT_TYPES
+        ),
         "keep_output_q8": _f("bool", True, "keep output and embedding tensors at Q8_0"),
+        "lora_only": _f("bool", False, "write the adapter alone as a llama.cpp LoRA (lora.gguf)"),
+        "base_gguf": _f(
+            "path",
+            None,
+            "base GGUF a LoRA-only export is measured on (default: an F16 conversion)",
+            optional=True,
+        ),
+        "calibration": _f(
+            "path",
+            None,
+            "conversations (JSONL) for re-calibration and verdict agreement (default: the "
+            "starter world's held-out set, else the head's training data)",
+            optional=True,
+        ),
+        "calibration_size": _f(
+            "int", 128, "conversations used for re-calibration and parity", low=1, high=100000
+        ),
+        "threads": _f("int", 0, "llama.cpp threads (0: 1 for small models, else all)", low=0),
     },
     "guard": {
         "mode": _f("str", "on", "guard mode", choices=("on", "off", "monitor")),

@@ -116,6 +116,35 @@ def run_head(stage: Stage, recipe: Recipe) -> dict:
     return {"head": str(opts.out)}
 
 
+def run_export(stage: Stage, recipe: Recipe) -> dict:
+    """GGUF files of the fine-tuned model with the safety head baked in; a finished export
+    with the same options is reused."""
+    from localguard.export import ExportOptions, export, format_report, option_names
+
+    settings = {k: v for k, v in stage.settings.items() if k in option_names()}
+    for key in ("base_gguf", "calibration"):
+        settings[key] = Path(settings[key]) if settings.get(key) else None
+    opts = ExportOptions(
+        model=model_dir(recipe),
+        out=Path(stage.outputs["gguf"]),
+        adapter=Path(stage.inputs["adapter"]) if "adapter" in stage.inputs else None,
+        head=Path(stage.inputs["head"]) if "head" in stage.inputs else None,
+        max_seq_length=recipe["data"]["max_seq_length"],
+        tau=recipe["guard"]["tau"],
+        refusal_prefix=recipe["guard"]["refusal_prefix"],
+        seed=recipe["run"]["seed"],
+        **settings,
+    )
+    info = opts.out / "export.json"
+    if info.is_file() and json.loads(info.read_text()).get("options") == opts.describe():
+        click.echo(f"reusing {opts.out}", err=True)
+        report = json.loads(info.read_text())
+    else:
+        report = export(opts)
+        click.echo(format_report(report), err=True)
+    return {"gguf": str(opts.out), "files": [f["file"] for f in report["files"]]}
+
+
 def executors() -> dict[str, Executor]:
     """The stages this version of localguard can run, by name."""
     return {
@@ -123,6 +152,7 @@ def executors() -> dict[str, Executor]:
         "probe": run_probe,
         "finetune": run_finetune,
         "head": run_head,
+        "export": run_export,
     }
 
 

@@ -44,6 +44,9 @@ HEAD_KEYS = {
     "names": "localguard.head.names",
     "token_ids": "localguard.head.token_ids",
     "bias": "localguard.head.bias",
+    "thresholds": "localguard.head.thresholds",
+    "bias_shift": "localguard.head.bias_shift",
+    "scale": "localguard.head.scale",
 }
 GEMMA3_SWA_PATTERN = 6  # llama.cpp fixes Gemma 3 at 5 sliding-window layers + 1 global layer
 
@@ -597,6 +600,29 @@ def write_metadata(
         )
 
 
+def add_metadata(w: gguf.GGUFWriter, metadata: dict) -> None:
+    """Extra key/value pairs (localguard.*): str, bool, int (>= 0: UINT32), float (FLOAT32),
+    or lists of one of those."""
+    kinds = {
+        str: gguf.GGUFValueType.STRING,
+        bool: gguf.GGUFValueType.BOOL,
+        int: gguf.GGUFValueType.UINT32,
+        float: gguf.GGUFValueType.FLOAT32,
+    }
+    for key, value in metadata.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        kind = {type(v) for v in items}
+        if len(kind) != 1 or next(iter(kind)) not in kinds or not items:
+            raise InputError(f"metadata {key}: unsupported value {value!r}")
+        kind = kinds[next(iter(kind))]
+        if kind == gguf.GGUFValueType.UINT32 and min(items) < 0:
+            kind = gguf.GGUFValueType.INT32
+        if isinstance(value, (list, tuple)):
+            w.add_key_value(key, list(value), gguf.GGUFValueType.ARRAY, kind)
+        else:
+            w.add_key_value(key, value, kind)
+
+
 def write_gguf(
     path: Path,
     w: gguf.GGUFWriter,
@@ -630,9 +656,11 @@ def convert_to_gguf(
     *,
     outtype: str = "f16",
     progress: Progress | None = None,
+    metadata: dict | None = None,
 ) -> dict:
     """Convert a Hugging Face model folder to one GGUF file that stock llama.cpp loads.
 
+    metadata: extra key/value pairs (see add_metadata), e.g. the head's thresholds.
     Returns a summary: architecture, outtype, vocabulary size, tensor count, tokenizer kind,
     and the token id of each extra row (by name).
     """
@@ -651,6 +679,7 @@ def convert_to_gguf(
 
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
     write_metadata(writer, model_dir, arch, config, vocab, extra_rows, n_rows, outtype)
+    add_metadata(writer, dict(metadata or {}))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_name(out_path)
     try:

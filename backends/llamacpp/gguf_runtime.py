@@ -1,0 +1,392 @@
+"""A GGUF model in llama.cpp, through llama-cpp-python's low-level API: logits at every position,
+the safety head's rows read from them, and those rows masked so they are never sampled.
+
+llama-cpp-python's high-level `Llama` cannot rewind its KV cache mid-generation and silently
+drops `logit_bias` when a logits processor is given too, so localguard drives the context
+itself: one sequence, tokens fed in batches, logits copied out per position, KV positions
+removed on request. The head is described by the file's `localguard.*` metadata (see
+backends/llamacpp/convert.py): which token ids carry its rows, the scale the rows were
+stored at, their biases (llama.cpp has no output bias) and thresholds; a LoRA adapter file may
+carry its own (`--lora-only` exports). Output k is logits[token_ids[k]] / scale[k] + bias[k].
+
+    with GGUFModel("model-Q4_K_M.gguf") as llm:
+        logits = llm.eval(ids)              # (len(ids), n_vocab) raw, head rows included
+        scores = llm.head.logits(logits)    # (len(ids), K) calibrated log-odds
+        sample_from = llm.masked(logits[-1])  # head rows at -inf
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from localguard.backends.llamacpp.convert import HEAD_KEYS
+from localguard.errors import InputError
+
+KEY_PREFIX = "localguard."
+HEAD_NAMES = HEAD_KEYS["names"]
+HEAD_TOKEN_IDS = HEAD_KEYS["token_ids"]
+HEAD_BIAS = HEAD_KEYS["bias"]
+HEAD_THRESHOLDS = HEAD_KEYS["thresholds"]
+HEAD_BIAS_SHIFT = HEAD_KEYS["bias_shift"]
+HEAD_SCALE = HEAD_KEYS["scale"]
+GUARD_TAU = "localguard.guard.tau"
+GUARD_REFUSAL_PREFIX = "localguard.guard.refusal_prefix"
+
+_backend_ready = False
+
+
+def _init_backend() -> None:
+    """Load llama.cpp once, with its log lines at error level only."""
+    global _backend_ready
+    import llama_cpp
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+# --- metadata -------------------------------------------------------------------------------
+
+
+def read_metadata(path: Path, prefix: str = KEY_PREFIX, keys: tuple[str, ...] = ()) -> dict:
+    """The GGUF file's metadata keys that start with prefix (and the keys named), as Python
+    values; a file gguf-py cannot parse is one InputError."""
+    import gguf
+
+    path = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such GGUF file") from None
+    except (OSError, ValueError, IndexError, KeyError, AssertionError) as exc:
+        raise InputError(f"{path} is not a readable GGUF file ({exc})") from None
+    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefix) or k in keys}
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """The safety head as a GGUF file describes it: output k is
+    logits[token_ids[k]] / scale[k] + bias[k], flagged when >= thresholds[k]."""
+
+    names: list[str]
+    token_ids: list[int]
+    bias: np.ndarray
+    thresholds: np.ndarray | None = None
+    bias_shift: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tau(self) -> int | None:
+        """The guard's consecutive-unsafe-steps setting the file was exported with."""
+        value = self.extra.get(GUARD_TAU)
+        return None if value is None else int(value)
+
+    @property
+    def refusal_prefix(self) -> str | None:
+        return self.extra.get(GUARD_REFUSAL_PREFIX)
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise InputError(f"the head has no output {name!r}; it has {', '.join(self.names)}")
+        return self.names.index(name)
+
+    def raw(self, logits: np.ndarray) -> np.ndarray:
+        """(..., K) head logits without bias (scale undone) from raw logits (..., n_vocab)."""
+        rows = np.asarray(logits)[..., self.token_ids].astype(np.float64)
+        return rows if self.scale is None else rows / self.scale
+
+    def logits(self, logits: np.ndarray) -> np.ndarray:
+        """(..., K) calibrated head logits from raw logits of shape (..., n_vocab)."""
+        return self.raw(logits) + self.bias
+
+    def flags(self, logits: np.ndarray) -> np.ndarray:
+        """(..., K) verdicts (True: unsafe) from raw logits."""
+        if self.thresholds is None:
+            raise InputError("this GGUF file's head has no thresholds")
+        return self.logits(logits) >= self.thresholds
+
+
+def head_from_metadata(meta: dict, where: str = "GGUF file") -> HeadSpec | None:
+    """The HeadSpec in localguard.* metadata, None when there is no head; a partial or
+    inconsistent head is an error."""
+    if HEAD_NAMES not in meta:
+        return None
+    try:
+        names = [str(n) for n in meta[HEAD_NAMES]]
+        ids = [int(i) for i in meta[HEAD_TOKEN_IDS]]
+        bias = np.asarray(meta[HEAD_BIAS], np.float64)
+        thresholds = meta.get(HEAD_THRESHOLDS)
+        shift = meta.get(HEAD_BIAS_SHIFT)
+        scale = meta.get(HEAD_SCALE)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{where}: incomplete localguard head metadata ({exc})") from None
+    k = len(names)
+    arrays = [bias] + [np.asarray(a) for a in (thresholds, shift, scale) if a is not None]
+    if len(ids) != k or any(a.shape != (k,) for a in arrays):
+        raise InputError(f"{where}: localguard head metadata lengths differ from {k} outputs")
+    if scale is not None and not np.all(np.asarray(scale, np.float64) > 0):
+        raise InputError(f"{where}: localguard head scale must be positive")
+    extra = {key: value for key, value in meta.items() if key not in HEAD_KEYS.values()}
+    return HeadSpec(
+        names,
+        ids,
+        bias,
+        None if thresholds is None else np.asarray(thresholds, np.float64),
+        None if shift is None else np.asarray(shift, np.float64),
+        None if scale is None else np.asarray(scale, np.float64),
+        extra,
+    )
+
+
+def read_head(path: Path) -> HeadSpec | None:
+    """The head described by a GGUF file (model or LoRA adapter), or None."""
+    return head_from_metadata(read_metadata(path), str(path))
+
+
+def patch_metadata(path: Path, values: dict[str, list[float]]) -> None:
+    """Overwrite float arrays of existing metadata keys in place, same lengths only (so no
+    byte of the file moves). Used on a finished file before it gets its final name."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path), "r+")
+    for key, new in values.items():
+        found = reader.fields.get(key)
+        if found is None:
+            raise InputError(f"{path}: no metadata key {key} to update")
+        if len(found.data) != len(new):
+            raise InputError(f"{path}: {key} has {len(found.data)} values, not {len(new)}")
+        for index, value in zip(found.data, new, strict=True):
+            found.parts[index][0] = value
+    reader.data.flush()
+    del reader
+
+
+# --- the model --------------------------------------------------------------------------------
+
+SMALL_MODEL_BYTES = 256 * 2**20
+
+
+def default_threads(path: Path) -> int:
+    """One thread for small files (llama.cpp's thread synchronisation then costs more than it
+    saves, and much more on a busy machine), every core otherwise."""
+    try:
+        small = Path(path).stat().st_size < SMALL_MODEL_BYTES
+    except OSError:
+        small = False
+    return 1 if small else max(1, os.cpu_count() or 1)
+
+
+class GGUFModel:
+    """One GGUF model (optionally with a LoRA adapter) and one sequence on it.
+
+    feed() appends tokens at the current position and returns their logits; rewind() drops
+    positions from the KV cache; eval() is reset() + feed(). Logits cover every token id,
+    the head's rows included; masked() sets those to -inf before sampling.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        lora: Path | None = None,
+        lora_scale: float = 1.0,
+        n_ctx: int = 2048,
+        n_batch: int = 512,
+        n_threads: int | None = None,
+        f32_cache: bool = False,
+    ) -> None:
+        import llama_cpp
+
+        _init_backend()
+        self.path = Path(path)
+        self._lib = llama_cpp
+        self._model = self._ctx = self._adapter = self._batch = None
+        if not self.path.is_file():
+            raise InputError(f"{self.path}: no such GGUF file")
+        meta = read_metadata(self.path)
+        head = head_from_metadata(meta, str(self.path))
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = 0x7FFFFFFF if llama_cpp.llama_supports_gpu_offload() else 0
+        self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise InputError(f"llama.cpp cannot load {self.path} (damaged or unsupported GGUF)")
+        try:
+            self._open_context(n_ctx, n_batch, n_threads, f32_cache)
+            if lora is not None:
+                lora_meta = read_metadata(Path(lora))
+                head = head_from_metadata(lora_meta, str(lora)) or head
+                self._attach_lora(Path(lora), lora_scale)
+        except BaseException:
+            self.close()
+            raise
+        self.head = head
+        self.metadata = meta
+        self.position = 0
+
+    def _open_context(self, n_ctx: int, n_batch: int, n_threads: int | None, f32: bool) -> None:
+        lib = self._lib
+        trained = int(lib.llama_model_n_ctx_train(self._model))
+        n_ctx = min(n_ctx, trained) if trained > 0 else n_ctx
+        self.vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx, self.n_batch = int(n_ctx), int(min(n_batch, n_ctx))
+        params = lib.llama_context_default_params()
+        params.n_ctx = self.n_ctx
+        params.n_batch = params.n_ubatch = self.n_batch
+        params.n_seq_max = 1
+        threads = n_threads or default_threads(self.path)
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED if f32 else -1
+        if f32:  # only the weights' own rounding is measured
+            params.type_k = params.type_v = lib.GGML_TYPE_F32
+        self._ctx = lib.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise InputError(f"llama.cpp cannot create a context for {self.path}")
+        self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+
+    def _attach_lora(self, lora: Path, scale: float) -> None:
+        lib = self._lib
+        if not lora.is_file():
+            raise InputError(f"{lora}: no such LoRA GGUF file")
+        self._adapter = lib.llama_adapter_lora_init(self._model, str(lora).encode())
+        if not self._adapter:
+            raise InputError(f"llama.cpp cannot apply the LoRA {lora} to {self.path}")
+        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+        scales = (ctypes.c_float * 1)(scale)
+        if lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+            raise InputError(f"llama.cpp cannot apply the LoRA {lora} to {self.path}")
+
+    # --- tokens ---
+
+    def tokenize(self, text: str, *, special: bool = False, add_bos: bool = False) -> list[int]:
+        """Token ids of text; special=False keeps control-token strings as plain text."""
+        data = text.encode("utf-8")
+        room = len(data) + 8
+        buf = (self._lib.llama_token * room)()
+        n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, room, add_bos, special)
+        if n < 0:
+            room = -n
+            buf = (self._lib.llama_token * room)()
+            n = self._lib.llama_tokenize(self.vocab, data, len(data), buf, room, add_bos, special)
+        return list(buf[:n])
+
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """The bytes of one token (control tokens are empty unless special)."""
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self.vocab, token, buf, 64, 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self.vocab, token, buf, -n, 0, special)
+        return buf.raw[:n]
+
+    def is_eog(self, token: int) -> bool:
+        """Whether token ends a generation (EOS, EOT, ...), as llama.cpp decides."""
+        return bool(self._lib.llama_vocab_is_eog(self.vocab, int(token)))
+
+    # --- evaluation ---
+
+    def reset(self) -> None:
+        """Forget the sequence (clear the KV cache)."""
+        self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
+        self.position = 0
+
+    def rewind(self, keep: int) -> None:
+        """Keep the first `keep` positions of the sequence, drop the rest from the KV cache."""
+        if not 0 <= keep <= self.position:
+            raise ValueError(f"cannot rewind to {keep}: the sequence has {self.position} tokens")
+        mem = self._lib.llama_get_memory(self._ctx)
+        if not self._lib.llama_memory_seq_rm(mem, 0, keep, -1):
+            raise RuntimeError(f"llama.cpp could not drop KV positions from {keep}")
+        self.position = keep
+
+    def feed(self, tokens: list[int], all_logits: bool = True) -> np.ndarray:
+        """Append tokens; returns (len(tokens), n_vocab) logits (only the last row when
+        all_logits is False)."""
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            return np.zeros((0, self.n_vocab), np.float32)
+        if self.position + len(tokens) > self.n_ctx:
+            raise InputError(
+                f"{self.position + len(tokens)} tokens do not fit the context of {self.n_ctx}"
+            )
+        bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InputError(f"token id {bad[0]} is outside the vocabulary of {self.n_vocab}")
+        rows = []
+        for first in range(0, len(tokens), self.n_batch):
+            chunk = tokens[first : first + self.n_batch]
+            last_chunk = first + len(chunk) == len(tokens)
+            want = [all_logits or (last_chunk and i == len(chunk) - 1) for i in range(len(chunk))]
+            rows += self._decode(chunk, want)
+        return np.stack(rows)
+
+    def _decode(self, chunk: list[int], want: list[bool]) -> list[np.ndarray]:
+        lib, batch = self._lib, self._batch
+        batch.n_tokens = len(chunk)
+        for i, token in enumerate(chunk):
+            batch.token[i] = token
+            batch.pos[i] = self.position + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = want[i]
+        code = lib.llama_decode(self._ctx, batch)
+        if code != 0:
+            raise RuntimeError(f"llama_decode failed with code {code}")
+        self.position += len(chunk)
+        out = []
+        for i, wanted in enumerate(want):
+            if wanted:
+                ptr = lib.llama_get_logits_ith(self._ctx, i)
+                out.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+        return out
+
+    def eval(self, tokens: list[int], first: int = 0) -> np.ndarray:
+        """Logits at positions first.. of a fresh sequence of tokens: (len - first, n_vocab)."""
+        self.reset()
+        if first > 0:
+            self.feed(tokens[:first], all_logits=False)
+        return self.feed(tokens[first:])
+
+    def masked(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of logits with the head's rows at -inf, so sampling never picks them."""
+        out = np.array(logits, dtype=np.float32, copy=True)
+        if self.head is not None:
+            out[..., self.head.token_ids] = -np.inf
+        return out
+
+    # --- lifetime ---
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._adapter:
+            lib.llama_adapter_lora_free(self._adapter)
+            self._adapter = None
+        if self._model:
+            lib.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> GGUFModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
