@@ -74,8 +74,17 @@ def doctor(as_json: bool, no_measure: bool) -> None:
     metavar="SECTION.KEY=VALUE",
     help="Override a recipe value (TOML syntax; repeatable).",
 )
-def run(recipe: str, dry_run: bool, overrides: tuple[str, ...]) -> None:
-    """Run every stage of RECIPE (a TOML file) into its run folder."""
+@click.option("--from", "from_stage", metavar="STAGE",
+              help="Rerun this stage and every stage after it.")  # fmt: skip
+@click.option("--force", is_flag=True, help="Rerun every stage.")
+def run(
+    recipe: str, dry_run: bool, overrides: tuple[str, ...], from_stage: str | None, force: bool
+) -> None:
+    """Run every stage of RECIPE (a TOML file) into its run folder.
+
+    A stage whose settings and inputs (by content hash) are those of the last run, and whose
+    outputs exist, is skipped; an interrupted training stage resumes.
+    """
     from localguard.plan import build_plan, format_plan
     from localguard.recipe import load_recipe
     from localguard.runner import run_plan
@@ -84,7 +93,7 @@ def run(recipe: str, dry_run: bool, overrides: tuple[str, ...]) -> None:
     plan = build_plan(loaded)
     click.echo(format_plan(loaded, plan))
     if not dry_run:
-        run_plan(loaded, plan)
+        run_plan(loaded, plan, from_stage, force)
 
 
 @cli.group()

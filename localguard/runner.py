@@ -7,6 +7,7 @@ version cannot perform.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from localguard.errors import LocalguardError
-from localguard.files import write_json
+from localguard.errors import InputError, LocalguardError
+from localguard.files import file_sha256, write_json
 from localguard.plan import Stage
 from localguard.recipe import Recipe
 
@@ -65,8 +66,7 @@ def run_probe(stage: Stage, recipe: Recipe) -> dict:
 
 
 def run_finetune(stage: Stage, recipe: Recipe) -> dict:
-    """One fine-tuning run; an interrupted one resumes, a finished one with the same options
-    is reused."""
+    """One fine-tuning run; an interrupted one resumes."""
     from localguard.finetune import FinetuneOptions, finetune, option_names
     from localguard.hub import resolve_data
 
@@ -84,17 +84,13 @@ def run_finetune(stage: Stage, recipe: Recipe) -> dict:
         seed=recipe["run"]["seed"],
         **settings,
     )
-    manifest = opts.out / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text())["options"] == opts.describe():
-        click.echo(f"reusing {opts.out}", err=True)
-    else:
-        finetune(opts, resume=True, force=True)
+    finetune(opts, resume=True, force=True)
     return {"adapter": str(opts.out)}
 
 
 def run_head(stage: Stage, recipe: Recipe) -> dict:
     """Train and calibrate the safety head (on top of the fine-tuned adapter when there is
-    one); a finished head with the same options is reused."""
+    one); an interrupted one resumes."""
     from localguard.head import HeadOptions, format_report, option_names, train_head
     from localguard.hub import resolve_data
 
@@ -108,17 +104,12 @@ def run_head(stage: Stage, recipe: Recipe) -> dict:
         seed=recipe["run"]["seed"],
         **settings,
     )
-    info = opts.out / "head.json"
-    if info.is_file() and json.loads(info.read_text())["manifest"]["options"] == opts.describe():
-        click.echo(f"reusing {opts.out}", err=True)
-    else:
-        click.echo(format_report(train_head(opts, resume=True, force=True)), err=True)
+    click.echo(format_report(train_head(opts, resume=True, force=True)), err=True)
     return {"head": str(opts.out)}
 
 
 def run_export(stage: Stage, recipe: Recipe) -> dict:
-    """GGUF files of the fine-tuned model with the safety head baked in; a finished export
-    with the same options is reused."""
+    """GGUF files of the fine-tuned model with the safety head baked in."""
     from localguard.export import ExportOptions, export, format_report, option_names
 
     settings = {k: v for k, v in stage.settings.items() if k in option_names()}
@@ -135,13 +126,8 @@ def run_export(stage: Stage, recipe: Recipe) -> dict:
         seed=recipe["run"]["seed"],
         **settings,
     )
-    info = opts.out / "export.json"
-    if info.is_file() and json.loads(info.read_text()).get("options") == opts.describe():
-        click.echo(f"reusing {opts.out}", err=True)
-        report = json.loads(info.read_text())
-    else:
-        report = export(opts)
-        click.echo(format_report(report), err=True)
+    report = export(opts)
+    click.echo(format_report(report), err=True)
     return {"gguf": str(opts.out), "files": [f["file"] for f in report["files"]]}
 
 
@@ -156,8 +142,70 @@ def executors() -> dict[str, Executor]:
     }
 
 
-def run_plan(recipe: Recipe, plan: list[Stage]) -> None:
-    """Run every stage of plan in order and record what each produced in run.json."""
+def input_digest(value: str, produced: dict[str, str]) -> str:
+    """What an input's content is, cheaply: the key of the stage that wrote it, a file's
+    sha256, a model folder's fingerprint, or the reference itself (hub ids)."""
+    if value in produced:
+        return produced[value]
+    if value.startswith("starter:"):  # data of the starter world: decided by its build
+        return produced.get("starter:", value)
+    path = Path(value)
+    if path.is_file():
+        return file_sha256(path)
+    if (path / "config.json").is_file():
+        from localguard.probe import model_fingerprint
+
+        return model_fingerprint(path)
+    if path.is_dir():
+        entries = sorted(
+            (str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+            for f in path.rglob("*")
+            if f.is_file()
+        )
+        return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    return value
+
+
+def stage_key(stage: Stage, recipe: Recipe, produced: dict[str, str]) -> str:
+    """A hash of everything a stage's result depends on: its settings, its inputs' contents
+    and the run-wide values the executors read (seed, sequence length, guard settings)."""
+    data = {
+        "name": stage.name,
+        "settings": stage.settings,
+        "inputs": {k: input_digest(v, produced) for k, v in stage.inputs.items()},
+        "context": {
+            "seed": recipe["run"]["seed"],
+            "max_seq_length": recipe["data"]["max_seq_length"],
+            "guard": recipe["guard"],
+        },
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stage_id(stage: Stage) -> str:
+    return f"{stage.name} {json.dumps(stage.outputs, sort_keys=True)}"
+
+
+def _outputs_exist(stage: Stage) -> bool:
+    return all(v.startswith("starter:") or Path(v).exists() for v in stage.outputs.values())
+
+
+def _previous(out: Path) -> dict[str, dict]:
+    try:
+        record = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {s["id"]: s for s in record.get("stages", []) if "id" in s and "key" in s}
+
+
+def run_plan(
+    recipe: Recipe, plan: list[Stage], from_stage: str | None = None, force: bool = False
+) -> None:
+    """Run the plan's stages in order and record in run.json what each produced.
+
+    A stage whose key (stage_key) matches the last run's and whose outputs exist is skipped;
+    --force reruns every stage, --from STAGE that stage and all after it.
+    """
     available = executors()
     missing = [stage.name for stage in plan if stage.name not in available]
     if missing:
@@ -166,14 +214,32 @@ def run_plan(recipe: Recipe, plan: list[Stage]) -> None:
             f"{', '.join(dict.fromkeys(missing))} yet; disable them in the recipe "
             "(SECTION.enabled = false) or use --dry-run"
         )
-    out = Path(recipe["run"]["out"])
-    record: dict = {"recipe": str(recipe.source), "values": recipe.values, "stages": []}
-    for number, stage in enumerate(plan, 1):
-        click.echo(f"\n== stage {number}/{len(plan)}: {stage.name}", err=True)
-        start = time.perf_counter()
-        result = available[stage.name](stage, recipe)
-        record["stages"].append(
-            {"name": stage.name, "seconds": round(time.perf_counter() - start, 2), "result": result}
+    names = [stage.name for stage in plan]
+    if from_stage is not None and from_stage not in names:
+        raise InputError(
+            f"--from {from_stage}: not a stage of this plan ({', '.join(dict.fromkeys(names))})"
         )
+    out = Path(recipe["run"]["out"])
+    previous = _previous(out)
+    record: dict = {"recipe": str(recipe.source), "values": recipe.values, "stages": []}
+    produced: dict[str, str] = {}
+    rerun = force
+    for number, stage in enumerate(plan, 1):
+        rerun = rerun or stage.name == from_stage
+        key = stage_key(stage, recipe, produced)
+        before = previous.get(_stage_id(stage), {})
+        click.echo(f"\n== stage {number}/{len(plan)}: {stage.name}", err=True)
+        if not rerun and before.get("key") == key and _outputs_exist(stage):
+            click.echo("reusing the last result (inputs and settings unchanged)", err=True)
+            entry = dict(before)
+        else:
+            start = time.perf_counter()
+            result = available[stage.name](stage, recipe)
+            seconds = round(time.perf_counter() - start, 2)
+            entry = {"name": stage.name, "seconds": seconds, "result": result}
+        entry.update(id=_stage_id(stage), key=key)
+        record["stages"].append(entry)
+        for value in stage.outputs.values():
+            produced["starter:" if value.startswith("starter:") else value] = key
         write_json(out / "run.json", record)
     click.echo(f"\nrun folder: {out}")

@@ -365,8 +365,16 @@ def test_recipe_runs_probe_finetune_and_head_stages(world: dict, tmp_path: Path)
     info = json.loads((head / "head.json").read_text())
     assert info["manifest"]["base_adapter"].endswith("adapter-probe")  # continues that adapter
     load(str(world["model"]), adapter_path=str(head))
-    again = _run(["run", str(recipe)])  # finished stages with the same options are reused
-    assert again.exit_code == 0 and "reusing" in again.output
+    again = _run(["run", str(recipe)])  # unchanged settings and inputs: every stage skipped
+    assert again.exit_code == 0 and again.output.count("reusing the last result") == 5
+    stamp = (head / "head.json").stat().st_mtime_ns
+    changed = _run(["run", str(recipe), "--set", "head.gamma=0.2"])  # only the head reruns
+    assert changed.exit_code == 0 and changed.output.count("reusing the last result") == 4
+    assert (head / "head.json").stat().st_mtime_ns != stamp
+    tail = _run(["run", str(recipe), "--set", "head.gamma=0.2", "--from", "finetune"])
+    assert tail.exit_code == 0 and tail.output.count("reusing the last result") == 2
+    bad = _run(["run", str(recipe), "--from", "eval"])
+    assert bad.exit_code == 2 and "--from eval: not a stage of this plan" in bad.output
 
 
 def test_dora_accumulation_checkpointing_and_a_quantized_base(world: dict, tmp_path: Path) -> None:
