@@ -22,8 +22,6 @@ from localguard.safety_head import (
     DEFAULT_TARGET_FPR,
     SafetyHead,
     calibrate,
-    check_head_matches,
-    load_head,
     reliability_png,
     write_head,
 )
@@ -212,19 +210,13 @@ def score_conversation(
     Without a response, the model's own greedy reply is scored. A stream head uses the adapter
     saved with it unless another is given.
     """
-    from mlx_lm import load
-
     from localguard.backends.mlx import head_train as ht
+    from localguard.backends.mlx.guarded import load_with_head
     from localguard.conversations import encode_conversation
     from localguard.encoding import hf_tokenizer
     from localguard.probe import sigmoid
 
-    head = load_head(head_dir)
-    check_head_matches(head, Path(model_dir))
-    if adapter is None and (Path(head_dir) / "adapters.safetensors").is_file():
-        adapter = Path(head_dir)
-    kwargs = {"adapter_path": str(adapter)} if adapter else {}
-    model, tokenizer = load(str(model_dir), **kwargs)
+    model, tokenizer, head = load_with_head(Path(model_dir), Path(head_dir), adapter)
     if not response:
         from localguard.backends.mlx.scratch import greedy_answers
 

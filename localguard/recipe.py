@@ -204,6 +204,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "float", None, "override the calibrated threshold", optional=True, low=0.0, high=1.0
         ),
         "tau": _f("int", 2, "consecutive unsafe steps before rewinding", low=1, high=8),
+        "window": _f(
+            "int",
+            0,
+            "rewind on tau unsafe steps among the last WINDOW (0: tau, i.e. consecutive)",
+            low=0,
+            high=32,
+        ),
         "refusal_prefix": _f(
             "str", "Sorry, I cannot help with that because", "text forced when the guard refuses"
         ),

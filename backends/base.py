@@ -1,0 +1,158 @@
+"""The interface a guarded-generation backend gives the Guard (localguard/guard.py).
+
+A backend holds one model with its safety head and one sequence in a KV cache. The Guard drives
+it token by token: feed tokens, read the next-token logits and the safety logits of every fed
+token, sample, and rewind the cache to an earlier length. Everything here is numpy, so the
+Guard never sees a framework; backends/mlx/guarded.py and the llama.cpp backend implement it.
+
+    backend.reset()
+    step = backend.feed(backend.encode_chat(messages))   # the prompt
+    step.safety[-1]            # (K,) calibrated safety logits at the last prompt token
+    token = sample(step.logits)                          # safety rows are -inf in step.logits
+    step = backend.feed([token])
+    backend.rewind(n)          # keep the first n tokens of the sequence, drop the rest
+
+User text is encoded with special-token parsing off (localguard.encoding), so typing
+"<|end|>" gives ordinary text tokens. The safety rows sit in the logits at `safety_ids`
+(extra rows of the output matrix); `feed` returns them at -inf and the Guard masks them again
+after any logit bias, so they are never sampled.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from localguard.errors import InputError
+
+Sampler = Callable[[np.ndarray], int]
+
+
+class Step(NamedTuple):
+    """What one `feed` returns."""
+
+    logits: np.ndarray  # (V,) float32 next-token logits after the last fed token, safety at -inf
+    safety: np.ndarray  # (n, K) float64 calibrated safety logits at each fed token
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """The safety head as the Guard needs it: output names, thresholds in logit units (flag
+    when logit >= threshold) and the guard defaults the model file carries, if any."""
+
+    names: tuple[str, ...]
+    thresholds: np.ndarray
+    tau: int | None = None
+    refusal_prefix: str | None = None
+
+    def index(self, name: str) -> int:
+        if name not in self.names:
+            raise InputError(f"the head has no output {name!r}; it has {', '.join(self.names)}")
+        return self.names.index(name)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. temperature 0 is greedy; top_p 1 and top_k 0 are off.
+    logit_bias is added before the safety rows are masked, so it cannot unmask them."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 128
+    seed: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0.0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
+            raise InputError(
+                f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got "
+                f"{self.temperature}, {self.top_p}, {self.top_k}"
+            )
+        if self.max_tokens < 1:
+            raise InputError(f"max_tokens must be at least 1, not {self.max_tokens}")
+
+
+class GuardBackend(abc.ABC):
+    """One model + safety head + one sequence. Subclasses set `head`, `eos_ids`, `safety_ids`
+    and `vocab_size` (size of the logits, safety rows included) and implement the methods."""
+
+    head: HeadInfo
+    eos_ids: frozenset[int]
+    safety_ids: tuple[int, ...]
+    vocab_size: int
+
+    # --- text -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of text with special-token parsing off (no BOS/EOS added)."""
+
+    @abc.abstractmethod
+    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True):
+        """Token ids of a chat through the model's template; message text stays text."""
+
+    @abc.abstractmethod
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of token ids, control tokens left out."""
+
+    # --- the sequence -------------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def length(self) -> int:
+        """Number of tokens in the KV cache."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the sequence (empty the KV cache)."""
+
+    @abc.abstractmethod
+    def feed(self, tokens: Sequence[int]) -> Step:
+        """Append tokens to the sequence; the next-token logits after the last one (safety rows
+        at -inf) and the safety logits at each of them."""
+
+    @abc.abstractmethod
+    def rewind(self, length: int) -> None:
+        """Keep the first `length` tokens of the sequence in the KV cache, drop the rest."""
+
+    # --- sampling -----------------------------------------------------------------------------
+
+    def sampler(self, sampling: Sampling) -> Sampler:
+        """A function from (V,) logits to a token id; numpy unless a backend has its own."""
+        return numpy_sampler(sampling)
+
+    def masked(self, logits: np.ndarray) -> np.ndarray:
+        """A float32 copy of logits with the safety rows at -inf."""
+        out = np.array(logits, dtype=np.float32, copy=True)
+        out[..., list(self.safety_ids)] = -np.inf
+        return out
+
+
+def numpy_sampler(sampling: Sampling) -> Sampler:
+    """Greedy at temperature 0, else top-k, then top-p, then a categorical draw."""
+    rng = np.random.default_rng(sampling.seed)
+
+    def sample(logits: np.ndarray) -> int:
+        x = np.asarray(logits, dtype=np.float64)
+        if sampling.temperature == 0:
+            return int(np.argmax(x))
+        x = x / sampling.temperature
+        if 0 < sampling.top_k < x.size:
+            kth = np.partition(x, -sampling.top_k)[-sampling.top_k]
+            x = np.where(x >= kth, x, -np.inf)
+        p = np.exp(x - x.max())
+        p /= p.sum()
+        if sampling.top_p < 1.0:
+            order = np.argsort(-p)
+            cum = np.cumsum(p[order])
+            drop = order[cum - p[order] >= sampling.top_p]  # keep the smallest covering set
+            p[drop] = 0.0
+            p /= p.sum()
+        return int(rng.choice(p.size, p=p))
+
+    return sample
