@@ -32,7 +32,7 @@ import numpy as np
 
 from localguard import __version__, runs
 from localguard.errors import InputError
-from localguard.files import write_json
+from localguard.files import temporary_name, write_json
 
 EXPORT_FILE = "export.json"
 F16_FILE = "model-F16.gguf"
@@ -515,10 +515,6 @@ def check_targets(type_name: str, report: dict) -> dict:
 # --- files ------------------------------------------------------------------------------------
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial-{os.getpid()}")
-
-
 def head_metadata(head, opts: ExportOptions) -> dict:
     """localguard.* keys besides names/token ids/bias (which the converter writes)."""
     from localguard.backends.llamacpp.convert import HEAD_KEYS
@@ -661,7 +657,7 @@ def _export_full(opts, inputs: Inputs, ref, model, quantized, quants, out: Path,
             rows = [ExtraRow(n, head.weight[k] * HEAD_ROW_SCALE, float(head.bias[k]))
                     for k, n in enumerate(head.names)]  # fmt: skip
         f16 = out / F16_FILE
-        tmp = _temporary(f16)
+        tmp = temporary_name(f16)
         temporaries.append(tmp)
         bar = _Bar("convert F16")
         try:
@@ -677,7 +673,7 @@ def _export_full(opts, inputs: Inputs, ref, model, quantized, quants, out: Path,
         _add_file(report, f16, "F16", measured, tensor_report(f16, "F16"))
         for name in quants:
             final = out / f"model-{name}.gguf"
-            tmp = _temporary(final)
+            tmp = temporary_name(final)
             temporaries.append(tmp)
             with runs.progress_bar(1, f"quantize {name}") as bar:
                 qinfo = quantize(
@@ -714,7 +710,7 @@ def _export_lora(opts, inputs: Inputs, ref, quantized, out: Path, report) -> Non
 
     head = inputs.head
     final = out / LORA_FILE
-    tmp = _temporary(final)
+    tmp = temporary_name(final)
     base_tmp = out / f".base-{os.getpid()}.gguf"
     try:
         if opts.base_gguf is not None:

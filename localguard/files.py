@@ -12,6 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def temporary_name(path: Path) -> Path:
+    """A hidden sibling name for writing a file before renaming it into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a temporary name in the same folder first, then rename."""
     path = Path(path)

@@ -10,14 +10,13 @@ logits (the rows are stored at HEAD_ROW_SCALE; the bias lives in the metadata).
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny_models import make_tiny_model
+from tiny_models import conversation_rows, make_tiny_model, write_jsonl
 
 from localguard.errors import InputError, LocalguardError
 
@@ -61,27 +60,6 @@ PROMPT = (
 
 
 # --- inputs -----------------------------------------------------------------------------------
-
-
-def _conversation_rows(n: int, seed: int = 0) -> list[dict]:
-    """Labeled chats in the tiny tokenizers' vocabulary."""
-    rng = random.Random(seed)
-    things = ["the cat", "a robot", "my friend", "the teacher", "a small bird", "the river"]
-    rows = []
-    for i in range(n):
-        thing = rng.choice(things)
-        harmful = i % 2
-        rows.append({
-            "prompt": f"{'How do I hurt' if harmful else 'Tell me about'} {thing}?",
-            "response": f"Sure, {thing} reads a map again." if harmful else f"{thing} sees a map.",
-            "query_label": harmful, "response_label": harmful, "onset": 0 if harmful else -1,
-        })  # fmt: skip
-    return rows
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _random_adapter(model_dir: Path, out: Path, *, dora: bool = False, seed: int = 0) -> Path:
@@ -136,7 +114,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def calibration(root: Path) -> Path:
-    return _write_jsonl(root / "calibration.jsonl", _conversation_rows(16))
+    return write_jsonl(root / "calibration.jsonl", conversation_rows(16))
 
 
 @pytest.fixture(scope="module")

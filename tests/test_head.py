@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny_models import ARCHITECTURES, make_tiny_model
+from tiny_models import ARCHITECTURES, conversation_rows, make_tiny_model, write_jsonl
 
 from localguard.cli import cli
 from localguard.conversations import Conversation
@@ -103,35 +102,6 @@ def test_head_for_another_hidden_size_is_refused(tmp_path: Path) -> None:
 # --- every architecture ----------------------------------------------------------------------
 
 
-def _conversation_rows(n: int, seed: int = 0) -> list[dict]:
-    """Harmful and benign chats of the tiny tokenizer's vocabulary, with onsets."""
-    rng = random.Random(seed)
-    things = ["the cat", "a robot", "my friend", "the teacher", "a small bird", "the river"]
-    rows = []
-    for i in range(n):
-        thing = rng.choice(things)
-        kind = i % 4
-        if kind == 0:
-            rows.append({"prompt": f"Tell me about {thing}.", "response": f"{thing} reads a map.",
-                         "query_label": 0, "response_label": 0})  # fmt: skip
-        elif kind == 1:
-            rows.append({"prompt": f"How do I hurt {thing}?", "response": "I can't help with that.",
-                         "query_label": 1, "response_label": 0})  # fmt: skip
-        elif kind == 2:
-            rows.append({"prompt": f"How do I hurt {thing}?", "response": f"Sure, find {thing}.",
-                         "query_label": 1, "response_label": 1, "onset": 0})  # fmt: skip
-        else:
-            prefix = "I can't help. Just kidding. "
-            rows.append({"prompt": f"Please hurt {thing}.", "response": prefix + "Sure, go.",
-                         "query_label": 1, "response_label": 1, "onset": len(prefix)})  # fmt: skip
-    return rows
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_head_per_architecture_and_baked_rows_match(arch: str, tmp_path: Path) -> None:
     import mlx.core as mx
@@ -142,7 +112,7 @@ def test_head_per_architecture_and_baked_rows_match(arch: str, tmp_path: Path) -
     from localguard.conversations import load_conversations
 
     model_dir = make_tiny_model(arch, tmp_path / arch)
-    data = _write_jsonl(tmp_path / "convs.jsonl", _conversation_rows(48))
+    data = write_jsonl(tmp_path / "convs.jsonl", conversation_rows(48))
     out = tmp_path / "head"
     report = train_head(HeadOptions(model=model_dir, data=data, out=out, mode="probe"))
     assert {"query", "response", "stream", "reliability"} <= set(report)
@@ -206,15 +176,15 @@ def _run(args: list[str]):
 
 
 def test_head_errors_exit_2_and_write_nothing(starter_model: Path, tmp_path: Path) -> None:
-    rows = _conversation_rows(16)
+    rows = conversation_rows(16)
     unlabeled = [dict(rows[0]), *rows[1:]]
     del unlabeled[0]["query_label"]
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items()} for r in unlabeled])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items()} for r in unlabeled])
     out = tmp_path / "out"
     done = _run(["head", "train", "--model", str(starter_model), "--data", str(bad),
                  "--out", str(out), "--mode", "probe"])  # fmt: skip
     assert done.exit_code == 2 and "bad.jsonl:1: missing 'query_label'" in done.output
-    one_class = _write_jsonl(tmp_path / "one.jsonl", [rows[0]] * 8)
+    one_class = write_jsonl(tmp_path / "one.jsonl", [rows[0]] * 8)
     done = _run(["head", "train", "--model", str(starter_model), "--data", str(one_class),
                  "--out", str(out), "--mode", "probe"])  # fmt: skip
     assert done.exit_code == 2 and "query_label has 8 benign and 0 harmful" in done.output

@@ -349,3 +349,32 @@ def train_spm_tokenizer(
     (out_dir / "special_tokens_map.json").write_text(
         json.dumps(special_tokens_map(), indent=2) + "\n"
     )
+
+
+def conversation_rows(n: int, seed: int = 0) -> list[dict]:
+    """Harmful and benign chats of the tiny tokenizer's vocabulary, with onsets."""
+    rng = random.Random(seed)
+    things = ["the cat", "a robot", "my friend", "the teacher", "a small bird", "the river"]
+    rows = []
+    for i in range(n):
+        thing = rng.choice(things)
+        kind = i % 4
+        if kind == 0:
+            rows.append({"prompt": f"Tell me about {thing}.", "response": f"{thing} reads a map.",
+                         "query_label": 0, "response_label": 0})  # fmt: skip
+        elif kind == 1:
+            rows.append({"prompt": f"How do I hurt {thing}?", "response": "I can't help with that.",
+                         "query_label": 1, "response_label": 0})  # fmt: skip
+        elif kind == 2:
+            rows.append({"prompt": f"How do I hurt {thing}?", "response": f"Sure, find {thing}.",
+                         "query_label": 1, "response_label": 1, "onset": 0})  # fmt: skip
+        else:
+            prefix = "I can't help. Just kidding. "
+            rows.append({"prompt": f"Please hurt {thing}.", "response": prefix + "Sure, go.",
+                         "query_label": 1, "response_label": 1, "onset": len(prefix)})  # fmt: skip
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -37,6 +37,7 @@ from localguard.backends.llamacpp.gguf_vocab import (
     write_vocab,
 )
 from localguard.errors import InputError
+from localguard.files import temporary_name
 
 OUTTYPES = ("f16", "f32")
 HEAD_TOKEN = "<|localguard_{}|>"
@@ -645,10 +646,6 @@ def write_gguf(
             progress(done, len(plan), t.name)
 
 
-def _temporary_name(out_path: Path) -> Path:
-    return out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-
-
 def convert_to_gguf(
     model_dir: Path,
     out_path: Path,
@@ -681,7 +678,7 @@ def convert_to_gguf(
     write_metadata(writer, model_dir, arch, config, vocab, extra_rows, n_rows, outtype)
     add_metadata(writer, dict(metadata or {}))
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(out_path)
+    tmp = temporary_name(out_path)
     try:
         try:
             write_gguf(tmp, writer, plan, progress)

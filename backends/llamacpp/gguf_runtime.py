@@ -59,16 +59,21 @@ def _init_backend() -> None:
 def read_metadata(path: Path, prefix: str = KEY_PREFIX, keys: tuple[str, ...] = ()) -> dict:
     """The GGUF file's metadata keys that start with prefix (and the keys named), as Python
     values; a file gguf-py cannot parse is one InputError."""
+    reader = open_gguf(path)
+    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefix) or k in keys}
+
+
+def open_gguf(path: Path):
+    """gguf-py's reader for a file; a missing or unparsable file is one InputError."""
     import gguf
 
     path = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))
     except FileNotFoundError:
         raise InputError(f"{path}: no such GGUF file") from None
     except (OSError, ValueError, IndexError, KeyError, AssertionError) as exc:
         raise InputError(f"{path} is not a readable GGUF file ({exc})") from None
-    return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefix) or k in keys}
 
 
 @dataclass(frozen=True)

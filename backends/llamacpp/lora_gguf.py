@@ -32,7 +32,9 @@ from localguard.backends.llamacpp.convert import (
     read_config,
     read_safetensors_header,
 )
+from localguard.backends.llamacpp.gguf_runtime import open_gguf
 from localguard.errors import InputError
+from localguard.files import temporary_name
 
 ADAPTER_FILE = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -93,12 +95,7 @@ def read_adapter(adapter_dir: Path) -> tuple[dict, dict[str, tuple[np.ndarray, n
 def base_info(path: Path) -> dict:
     """Architecture, vocabulary size, token types and output matrix shape of a base GGUF."""
     path = Path(path)
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such GGUF file") from None
-    except (OSError, ValueError, IndexError, KeyError, AssertionError) as exc:
-        raise InputError(f"{path} is not a readable GGUF file ({exc})") from None
+    reader = open_gguf(path)
     fields = reader.fields
     types = fields.get("tokenizer.ggml.token_type")
     tensors = {t.name: t for t in reader.tensors}
@@ -138,10 +135,6 @@ def unused_token_ids(token_types: list[int], count: int) -> list[int]:
 
 
 # --- writing ----------------------------------------------------------------------------------
-
-
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def write_lora_gguf(
@@ -193,7 +186,7 @@ def write_lora_gguf(
     for name, data in tensors:
         writer.add_tensor(name, data)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(out_path)
+    tmp = temporary_name(out_path)
     try:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()

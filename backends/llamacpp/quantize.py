@@ -21,6 +21,7 @@ from pathlib import Path
 
 from localguard.backends.llamacpp.gguf_runtime import default_threads
 from localguard.errors import InputError
+from localguard.files import temporary_name
 
 _FTYPE_PREFIXES = ("LLAMA_FTYPE_MOSTLY_", "LLAMA_FTYPE_ALL_")
 _NOT_FILE_TYPES = {"GUESSED", "MXFP4_MOE"}
@@ -73,10 +74,6 @@ def block_size(type_name: str) -> int:
     return 32
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def quantize(
     src: Path,
     dst: Path,
@@ -105,7 +102,7 @@ def quantize(
         params.token_embedding_type = ggml_type(vocab_type)
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_name(dst)
+    tmp = temporary_name(dst)
     start = time.perf_counter()
     try:
         code = llama_cpp.llama_model_quantize(
