@@ -372,6 +372,60 @@ def export_command(**options: Any) -> None:
     click.echo(f"-> {options['out']}")
 
 
+@cli.command()
+@click.argument("model_file", metavar="MODEL", required=False)
+@click.option("--backend", type=click.Choice(["llamacpp", "mlx"]), default="llamacpp",
+              show_default=True,
+              help="llamacpp: a GGUF with its baked head; mlx: model + head.")  # fmt: skip
+@click.option("--model", help="The model (instead of MODEL): GGUF file, or folder for mlx.")
+@click.option("--adapter", type=click.Path(file_okay=False), help="mlx: LoRA adapter folder.")
+@click.option("--head", type=click.Path(file_okay=False), help="mlx: safety head folder.")
+@click.option("--lora", type=click.Path(dir_okay=False), help="llamacpp: LoRA GGUF file.")
+@click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context length.")
+@click.option("--system", help="System message at the start of the conversation.")
+@click.option("--prompt", help="Answer this one message and exit (no interactive session).")
+@click.option("--json", "as_json", is_flag=True, help="With --prompt: answer, trace, actions.")
+@click.option("--seed", type=int, help="Sampling seed.")
+@click.option("--tau", type=click.IntRange(1, 8),
+              help="Unsafe steps before rewinding (default: the model's).")  # fmt: skip
+@click.option("--refusal-prefix", help="Text forced when the guard refuses (default: the model's).")
+@schema_options("guard", ["mode", "threshold", "window", "temperature", "top_p", "top_k",
+                          "max_tokens"])  # fmt: skip
+def chat(**options: Any) -> None:
+    """Chat with a guarded model: streamed answers, a safety meter, slash commands (/help).
+
+    MODEL is a GGUF file exported with its safety head; with --backend mlx, a model folder (or
+    hub id, starter:SIZE) with --head and optionally --adapter. Ctrl-C stops an answer, Ctrl-D
+    leaves. --prompt answers one message and exits.
+    """
+    import contextlib
+    import dataclasses
+
+    from localguard.chat import ChatSession, answer_once, interactive, open_backend
+    from localguard.errors import InputError
+    from localguard.guard import GuardSettings
+
+    model = options["model"] or options["model_file"]
+    if not model or (options["model"] and options["model_file"]):
+        raise InputError("give the model once: MODEL or --model")
+    if options["as_json"] and options["prompt"] is None:
+        raise InputError("--json needs --prompt")
+    keys = ("mode", "threshold", "window", "tau", "refusal_prefix", "temperature", "top_p",
+            "top_k", "max_tokens")  # fmt: skip
+    settings, sampling = GuardSettings.from_recipe({k: options[k] for k in keys})
+    sampling = dataclasses.replace(sampling, seed=options["seed"])
+    backend = open_backend(model, options["backend"], adapter=options["adapter"],
+                           head=options["head"], lora=options["lora"],
+                           n_ctx=options["n_ctx"])  # fmt: skip
+    session = ChatSession(backend, settings, sampling, options["system"])
+    if options["prompt"] is not None:
+        answer_once(session, options["prompt"], options["as_json"], sys.stdout, sys.stderr)
+        return
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing for input())
+    interactive(session)
+
+
 def main() -> None:
     """Console entry point: arrange a fast BLAS (Linux), then run the CLI."""
     blas.reexec_with_fast_blas()

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from localguard.encoding import render_pieces
+from localguard.backends.llamacpp.guarded import compile_chat_template, template_tokens
 from localguard.errors import InputError
 
 
@@ -37,10 +37,7 @@ class LlamaCppJudge:
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             raise InputError(f"judge model {path} has no chat template in its metadata")
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        self.template = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self.template = self.template.from_string(template)
+        self.template = compile_chat_template(template)
 
     def _piece(self, token: int) -> str:
         return self.llm.detokenize([token], special=True).decode("utf-8", "replace")
@@ -52,16 +49,12 @@ class LlamaCppJudge:
             "eos_token": self._piece(self.llm.token_eos()),
         }
 
-        def render(marked: list[dict]) -> str:
-            return self.template.render(messages=marked, add_generation_prompt=True, **specials)
+        def tokenize(piece: str, special: bool) -> list[int]:
+            return self.llm.tokenize(piece.encode(), add_bos=False, special=special)
 
-        ids: list[int] = []
-        for piece, is_message in render_pieces(render, [{"role": "user", "content": text}]):
-            ids += self.llm.tokenize(piece.encode(), add_bos=False, special=not is_message)
-        bos = self.llm.token_bos()
-        if self.llm._model.add_bos_token() and bos >= 0 and ids[:1] != [bos]:
-            ids.insert(0, bos)
-        return ids
+        bos = self.llm.token_bos() if self.llm._model.add_bos_token() else None
+        message = [{"role": "user", "content": text}]
+        return template_tokens(self.template, message, tokenize, specials, bos)
 
     def answer(self, text: str) -> str:
         """The judge's raw answer to one rubric-filled prompt."""

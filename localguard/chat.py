@@ -1,0 +1,333 @@
+"""`localguard chat`: a guarded chat session in the terminal, or one answer with --prompt.
+
+The session keeps the conversation (rendered through the model's chat template on every turn),
+streams each answer as the Guard releases it (held-back streaming: flagged text never shows),
+and prints a one-line safety meter after it: the highest response probability of the answer as
+a bar, the query probability and the guard's actions. Slash commands change the session:
+
+    /reset              forget the conversation
+    /save FILE          write the conversation as JSON; /load FILE reads one back
+    /guard on|off|monitor
+    /threshold X        flag at probability X (query and response); /threshold head: the file's
+    /trace              per-token response probabilities of the last answer
+    /help
+
+Ctrl-C stops the current answer (what was shown stays in the conversation); Ctrl-D leaves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from localguard.backends.base import GuardBackend, Sampling
+from localguard.errors import InputError
+from localguard.guard import MODES, GuardResult, GuardSettings, generate
+
+HELP = """commands:
+  /reset                 forget the conversation
+  /save FILE             write the conversation as JSON
+  /load FILE             read a conversation written by /save
+  /guard on|off|monitor  intervene, do nothing, or only record
+  /threshold X|head      flag at probability X (query and response), or the model's own
+  /trace                 per-token response probabilities of the last answer
+  /help                  this list
+Ctrl-C stops an answer; Ctrl-D leaves."""
+BAR_WIDTH = 10
+
+
+def probability(logit: float) -> float:
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    z = math.exp(logit)
+    return z / (1.0 + z)
+
+
+def bar(p: float, width: int = BAR_WIDTH) -> str:
+    filled = min(width, max(0, round(p * width)))
+    return "#" * filled + "." * (width - filled)
+
+
+def open_backend(
+    model: str,
+    backend: str = "llamacpp",
+    *,
+    adapter: str | None = None,
+    head: str | None = None,
+    lora: str | None = None,
+    n_ctx: int = 4096,
+) -> GuardBackend:
+    """A GGUF file with its baked head (llamacpp), or a model folder + head folder (mlx)."""
+    if backend == "llamacpp":
+        if adapter or head:
+            raise InputError("--adapter and --head are for --backend mlx; a GGUF carries its head")
+        from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
+
+        return LlamaCppGuardBackend.load(
+            Path(model).expanduser(), Path(lora) if lora else None, n_ctx
+        )
+    if backend == "mlx":
+        if not head:
+            raise InputError("--backend mlx needs --head (a safety head folder)")
+        if lora:
+            raise InputError("--lora is for --backend llamacpp; use --adapter with mlx")
+        from localguard.backends.mlx.guarded import MLXGuardBackend
+        from localguard.hub import resolve_model
+
+        return MLXGuardBackend.load(
+            resolve_model(model), Path(head), Path(adapter) if adapter else None
+        )
+    raise InputError(f"backend must be llamacpp or mlx, not {backend!r}")
+
+
+def read_conversation(path: Path) -> list[dict]:
+    """Messages from a JSON file: {"messages": [...]} (as /save writes) or a bare list."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise InputError(f"{path} is not JSON ({exc})") from None
+    messages = data.get("messages") if isinstance(data, dict) else data
+    ok = isinstance(messages, list) and all(
+        isinstance(m, dict)
+        and m.get("role") in ("system", "user", "assistant")
+        and isinstance(m.get("content"), str)
+        for m in messages
+    )
+    if not ok:
+        raise InputError(f"{path}: expected a list of {{role, content}} chat messages")
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+class ChatSession:
+    """The conversation, the guard settings and the last answer."""
+
+    def __init__(
+        self,
+        backend: GuardBackend,
+        settings: GuardSettings | None = None,
+        sampling: Sampling | None = None,
+        system: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.settings = settings or GuardSettings()
+        self.sampling = sampling or Sampling()
+        self.settings.resolve(backend.head)  # fail early on bad settings
+        self.system = system
+        self.history: list[dict] = []
+        self.last: GuardResult | None = None
+        self.turns = 0
+
+    def messages(self) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.history
+
+    def ask(self, text: str, on_text: Callable[[str], None] | None = None) -> GuardResult:
+        """The guarded answer to one user message; both join the conversation. Interrupted
+        (KeyboardInterrupt), the text shown so far joins it and the interrupt goes on."""
+        shown: list[str] = []
+
+        def emit(piece: str) -> None:
+            shown.append(piece)
+            if on_text is not None:
+                on_text(piece)
+
+        chat = [*self.messages(), {"role": "user", "content": text}]
+        sampling = self.sampling
+        if sampling.seed is not None:  # a different, reproducible draw per turn
+            sampling = dataclasses.replace(sampling, seed=sampling.seed + self.turns)
+        self.turns += 1
+        try:
+            result = generate(self.backend, chat, self.settings, sampling, emit)
+        except KeyboardInterrupt:
+            self.last = None
+            self.history += [chat[-1], {"role": "assistant", "content": "".join(shown)}]
+            raise
+        self.last = result
+        self.history += [chat[-1], {"role": "assistant", "content": result.text}]
+        return result
+
+    # --- slash commands ---
+
+    def command(self, line: str) -> str:
+        """Run one slash command; the text to print. Bad usage is an InputError."""
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        if name == "/help":
+            return HELP
+        if name == "/reset":
+            self.history, self.last = [], None
+            return "conversation cleared"
+        if name == "/save":
+            if not arg:
+                raise InputError("usage: /save FILE")
+            data = {"messages": self.messages(), "settings": self.settings_record()}
+            try:
+                Path(arg).expanduser().write_text(json.dumps(data, indent=2) + "\n", "utf-8")
+            except OSError as exc:
+                raise InputError(f"cannot write {arg} ({exc.strerror or exc})") from None
+            return f"saved {len(self.history)} messages to {arg}"
+        if name == "/load":
+            if not arg:
+                raise InputError("usage: /load FILE")
+            messages = read_conversation(Path(arg).expanduser())
+            system = [m["content"] for m in messages if m["role"] == "system"]
+            self.system = system[0] if system else self.system
+            self.history = [m for m in messages if m["role"] != "system"]
+            self.last = None
+            return f"loaded {len(self.history)} messages from {arg}"
+        if name == "/guard":
+            if arg not in MODES:
+                raise InputError(f"usage: /guard {'|'.join(MODES)}")
+            self.settings = dataclasses.replace(self.settings, mode=arg)
+            return f"guard {arg}"
+        if name == "/threshold":
+            return self._threshold(arg)
+        if name == "/trace":
+            return self.trace()
+        raise InputError(f"unknown command {name}; /help lists them")
+
+    def _threshold(self, arg: str) -> str:
+        if arg == "head":
+            value = None
+        else:
+            try:
+                value = float(arg)
+            except ValueError:
+                raise InputError("usage: /threshold X (a probability in [0, 1]) or head") from None
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"a threshold is a probability in [0, 1], not {value}")
+        self.settings = dataclasses.replace(
+            self.settings, query_threshold=value, response_threshold=value
+        )
+        return "threshold from the model" if value is None else f"threshold {value:g}"
+
+    def settings_record(self) -> dict:
+        cfg = self.settings.resolve(self.backend.head)
+        return {
+            "mode": cfg.mode,
+            "query_threshold": probability(cfg.query_threshold),
+            "response_threshold": probability(cfg.response_threshold),
+            "tau": cfg.tau,
+            "window": cfg.window,
+            "refusal_prefix": cfg.refusal_prefix,
+        }
+
+    # --- what the user sees ---
+
+    def trace_rows(self, result: GuardResult | None = None) -> list[dict]:
+        result = result or self.last
+        if result is None:
+            return []
+        return [
+            {"token": int(t), "text": self.backend.decode([t]), "logit": float(s),
+             "probability": probability(float(s))}
+            for t, s in zip(result.tokens, result.response_logits, strict=True)
+        ]  # fmt: skip
+
+    def trace(self) -> str:
+        rows = self.trace_rows()
+        if self.last is None:
+            return "no answer to trace yet"
+        threshold = self.settings.resolve(self.backend.head).response_threshold
+        lines = [f"query p={probability(self.last.query_logit):.3f}"]
+        for i, row in enumerate(rows):
+            mark = " !" if row["logit"] >= threshold else ""
+            lines.append(
+                f"{i:4d} {row['probability']:.3f} {bar(row['probability'])} "
+                f"{json.dumps(row['text'])}{mark}"
+            )
+        for event in self.last.interventions:
+            lines.append(
+                f"guard: {event.action} on {event.output} at token {event.at} "
+                f"(step {event.step}, {event.dropped} dropped)"
+            )
+        return "\n".join(lines)
+
+    def meter(self, result: GuardResult) -> str:
+        """One line: the answer's highest response probability as a bar, and what the guard did."""
+        top = max(result.response_logits, default=-math.inf)
+        p = probability(top) if top > -math.inf else 0.0
+        actions = [f"{e.action} ({e.output})" for e in result.interventions]
+        tail = f" | {', '.join(actions)}" if actions else ""
+        return (
+            f"[safety {bar(p)} {p:.2f} | query {probability(result.query_logit):.2f} | "
+            f"guard {self.settings.mode}{tail}]"
+        )
+
+    def record(self, result: GuardResult) -> dict:
+        """--json: the answer, its trace and the guard's actions."""
+        return {
+            "text": result.text,
+            "finish": result.finish,
+            "query_logit": result.query_logit,
+            "query_probability": probability(result.query_logit),
+            "trace": self.trace_rows(result),
+            "actions": [dataclasses.asdict(e) for e in result.interventions],
+            "settings": result.settings,
+            "prompt_tokens": result.prompt_tokens,
+            "steps": result.steps,
+        }
+
+
+def answer_once(session: ChatSession, prompt: str, as_json: bool, out: TextIO, err: TextIO):
+    """--prompt: one answer, streamed (or as one JSON object with --json)."""
+    if as_json:
+        result = session.ask(prompt)
+        out.write(json.dumps(session.record(result), indent=2) + "\n")
+        return result
+
+    def show(piece: str) -> None:
+        out.write(piece)
+        out.flush()
+
+    result = session.ask(prompt, show)
+    out.write("\n")
+    err.write(session.meter(result) + "\n")
+    return result
+
+
+def interactive(
+    session: ChatSession,
+    read: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> None:
+    """The read-answer loop until end of input (Ctrl-D)."""
+    err.write("localguard chat: /help lists the commands, Ctrl-D leaves.\n")
+
+    def show(piece: str) -> None:
+        out.write(piece)
+        out.flush()
+
+    while True:
+        try:
+            line = read("> ")
+        except EOFError:
+            out.write("\n")
+            return
+        except KeyboardInterrupt:  # at the prompt: a fresh line, not an exit
+            out.write("\n")
+            continue
+        if not line.strip():
+            continue
+        try:
+            if line.lstrip().startswith("/"):
+                out.write(session.command(line) + "\n")
+                continue
+            result = session.ask(line, show)
+            out.write("\n")
+            err.write(session.meter(result) + "\n")
+        except KeyboardInterrupt:
+            out.write("\n")
+            err.write("[answer stopped]\n")
+        except InputError as exc:
+            err.write(f"error: {exc}\n")
+        out.flush()
+        err.flush()
