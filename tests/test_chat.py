@@ -9,6 +9,7 @@ real pseudo-terminal (pexpect) with typing, /trace, /reset, Ctrl-C and Ctrl-D.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -323,7 +324,9 @@ def test_chat_in_a_pseudo_terminal(gguf_file: Path, tmp_path: Path) -> None:
         child.sendline("Tell me a story.")
         child.expect(r"Tell me a story\.\r\n")
         child.expect(r"\S")  # the answer has started streaming
-        child.sendcontrol("c")
+        # SIGINT is what the terminal sends for Ctrl-C. Sent as the ^C byte, it was lost once
+        # in a full run: the line discipline had not yet left the raw mode readline uses.
+        child.kill(signal.SIGINT)
         child.expect_exact("[answer stopped]", timeout=10)
         child.expect_exact("> ")
         flag.unlink()
