@@ -112,9 +112,11 @@ class GuardBackend(abc.ABC):
         """Forget the sequence (empty the KV cache)."""
 
     @abc.abstractmethod
-    def feed(self, tokens: Sequence[int]) -> Step:
+    def feed(self, tokens: Sequence[int], every: bool = True) -> Step:
         """Append tokens to the sequence; the next-token logits after the last one (safety rows
-        at -inf) and the safety logits at each of them."""
+        at -inf) and the safety logits at each of them, or at the last one only when every is
+        False (a prompt needs only its query verdict, and a backend may then skip the output
+        matrix at the other positions)."""
 
     @abc.abstractmethod
     def rewind(self, length: int) -> None:

@@ -223,7 +223,7 @@ class _Run:
     def go(self, prompt: list[int], prefill: list[int]) -> GuardResult:
         cfg, b = self.cfg, self.b
         b.reset()
-        step = b.feed(prompt)
+        step = b.feed(prompt, every=False)  # only the last prompt token's verdict is read
         query = float(step.safety[-1, cfg.query])
         forced, is_prefix = prefill, False
         if cfg.mode != "off" and query >= cfg.query_threshold:

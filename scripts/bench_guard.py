@@ -5,7 +5,8 @@ LlamaCppGuardBackend + Guard (guard on) on the same file, same threads. MLX: mlx
 stream_generate (greedy) against MLXGuardBackend + Guard (guard on) on the same model, adapter
 and head. Both sides decode at most --max-tokens per prompt, stop at end of turn, and time the
 whole answer (prompt evaluation included); tokens/s = tokens decoded / seconds. Each side gets
---repeats timed passes over the prompts (after one warm-up pass); the best pass counts.
+--repeats timed passes over the prompts, alternating plain and guarded (after one warm-up pass
+each); the medians count, and the ratio is the median of the per-pair ratios.
 
 Targets (issue 7): guarded / plain >= 0.95 on both.
 
@@ -21,6 +22,7 @@ reexec_with_fast_blas()  # before mlx loads
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -40,16 +42,22 @@ PROMPTS = [
 TARGET = 0.95
 
 
-def best(passes: int, run) -> tuple[float, int, float]:
-    """(tokens/s, tokens, seconds) of the fastest of `passes` timed passes after a warm-up."""
-    run()
-    out = []
+def paired(passes: int, plain, guarded) -> dict:
+    """Plain and guarded passes, alternating (after one warm-up of each): the median rates and
+    the median of the per-pair ratios, so machine noise hits both sides alike."""
+    plain(), guarded()
+    rates: dict[str, list[float]] = {"plain": [], "guarded": []}
+    tokens: dict[str, int] = {}
     for _ in range(passes):
-        start = time.perf_counter()
-        tokens = run()
-        seconds = time.perf_counter() - start
-        out.append((tokens / seconds, tokens, seconds))
-    return max(out)
+        for name, run in (("plain", plain), ("guarded", guarded)):
+            start = time.perf_counter()
+            tokens[name] = run()
+            rates[name].append(tokens[name] / (time.perf_counter() - start))
+    ratios = [g / p for p, g in zip(rates["plain"], rates["guarded"], strict=True)]
+    return {"plain_tok_s": statistics.median(rates["plain"]),
+            "guarded_tok_s": statistics.median(rates["guarded"]),
+            "plain_tokens": tokens["plain"], "guarded_tokens": tokens["guarded"],
+            "ratio": statistics.median(ratios)}  # fmt: skip
 
 
 def bench_llamacpp(path: Path, max_tokens: int, passes: int, threads: int | None) -> dict:
@@ -82,13 +90,10 @@ def bench_llamacpp(path: Path, max_tokens: int, passes: int, threads: int | None
             for p in PROMPTS
         )
 
-    p_rate, p_tokens, _ = best(passes, plain)
-    g_rate, g_tokens, _ = best(passes, guarded)
+    found = paired(passes, plain, guarded)
     llm.close()
     backend.close()
-    return {"file": str(path), "threads": threads, "plain_tok_s": p_rate,
-            "guarded_tok_s": g_rate, "plain_tokens": p_tokens, "guarded_tokens": g_tokens,
-            "ratio": g_rate / p_rate}  # fmt: skip
+    return {"file": str(path), "threads": threads, **found}
 
 
 def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, passes: int):
@@ -121,11 +126,7 @@ def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, pa
             for p in PROMPTS
         )
 
-    p_rate, p_tokens, _ = best(passes, plain)
-    g_rate, g_tokens, _ = best(passes, guarded)
-    return {"model": str(model), "head": str(head), "plain_tok_s": p_rate,
-            "guarded_tok_s": g_rate, "plain_tokens": p_tokens, "guarded_tokens": g_tokens,
-            "ratio": g_rate / p_rate}  # fmt: skip
+    return {"model": str(model), "head": str(head), **paired(passes, plain, guarded)}
 
 
 def main() -> None:
@@ -135,7 +136,7 @@ def main() -> None:
     parser.add_argument("--head", type=Path, help="safety head folder (with --model)")
     parser.add_argument("--adapter", type=Path, help="adapter folder (default: the head's own)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9, help="alternating timed pass pairs")
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: as the guard)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args()

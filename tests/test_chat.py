@@ -286,8 +286,8 @@ from localguard.backends.llamacpp import guarded
 flag = Path(sys.argv[1])
 feed = guarded.LlamaCppGuardBackend.feed
 
-def slow(self, tokens):  # with the flag file: slow, endless answers (to interrupt)
-    step = feed(self, tokens)
+def slow(self, tokens, every=True):  # with the flag file: slow, endless answers (to interrupt)
+    step = feed(self, tokens, every)
     if flag.exists():
         time.sleep(0.03)
         step.logits[list(self.eos_ids)] = -np.inf

@@ -68,7 +68,7 @@ class ScriptedBackend(GuardBackend):
             rest = self.plan[len(reply) :]
         return ord(rest[0]) - 32 if rest else EOS
 
-    def feed(self, tokens) -> Step:
+    def feed(self, tokens, every: bool = True) -> Step:
         safety = []
         for t in tokens:
             assert t not in self.safety_ids, "a safety row was fed"

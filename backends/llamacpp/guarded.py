@@ -154,7 +154,7 @@ class LlamaCppGuardBackend(GuardBackend):
         self.model.reset()
         self._tokens = []
 
-    def feed(self, tokens: Sequence[int]) -> Step:
+    def feed(self, tokens: Sequence[int], every: bool = True) -> Step:
         ids = [int(t) for t in tokens]
         if not ids:
             raise InputError("feed needs at least one token")
@@ -164,7 +164,7 @@ class LlamaCppGuardBackend(GuardBackend):
         if self.model.position != len(self._tokens):  # e.g. an interrupted feed
             self.model.rewind(min(self.model.position, len(self._tokens)))
             self._tokens = self._tokens[: self.model.position]
-        raw = self.model.feed(ids)
+        raw = self.model.feed(ids, all_logits=every)
         self._tokens += ids
         safety = self.spec.logits(raw)
         return Step(self.masked(raw[-1]), np.asarray(safety, np.float64))

@@ -110,7 +110,7 @@ class MLXGuardBackend(GuardBackend):
         hidden = _language_model(self.model).model(mx.array([ids]), cache=self._cache)
         return hidden
 
-    def feed(self, tokens: Sequence[int]) -> Step:
+    def feed(self, tokens: Sequence[int], every: bool = True) -> Step:
         ids = [int(t) for t in tokens]
         if not ids:
             raise InputError("feed needs at least one token")
@@ -122,6 +122,7 @@ class MLXGuardBackend(GuardBackend):
         safety = (hidden[0].astype(mx.float32) @ self._rows.T) + self._bias
         # the last position's safety logits come from the baked rows of this very forward
         safety = mx.concatenate([safety[:-1], (last[self._first :] + self._bias)[None]], axis=0)
+        safety = safety if every else safety[-1:]
         masked = mx.concatenate([last[: self._first], mx.full((len(self.safety_ids),), -mx.inf)])
         mx.eval(masked, safety, [c.state for c in self._cache])
         self._tokens += ids
