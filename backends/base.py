@@ -102,10 +102,17 @@ class GuardBackend(abc.ABC):
 
     # --- the sequence -------------------------------------------------------------------------
 
+    _tokens: list[int]  # the sequence in the KV cache, kept by each backend
+
     @property
-    @abc.abstractmethod
     def length(self) -> int:
         """Number of tokens in the KV cache."""
+        return len(self._tokens)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The sequence in the KV cache."""
+        return list(self._tokens)
 
     @abc.abstractmethod
     def reset(self) -> None:

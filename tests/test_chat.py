@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_checks import check_rewind_matches_fresh
 from click.testing import CliRunner
 
 from localguard.backends.base import Sampling
@@ -65,14 +66,6 @@ def backend(gguf_file: Path):
     b.close()
 
 
-def _greedy(backend, n: int, logits: np.ndarray) -> list[int]:
-    out = []
-    for _ in range(n):
-        out.append(int(np.argmax(logits)))
-        logits = backend.feed([out[-1]]).logits
-    return out
-
-
 # --- the backend ------------------------------------------------------------------------------
 
 
@@ -98,21 +91,8 @@ def test_backend_reads_the_head_and_scores_every_fed_token(backend, gguf_file: P
 def test_rewind_truncates_the_kv_cache(backend) -> None:
     b = backend
     prompt = b.encode_chat(_chat("Tell me about the river."))
-    b.reset()
-    reply = _greedy(b, 8, b.feed(prompt).logits)
-    assert b.length == len(prompt) + 8 == b.model.position
-    b.rewind(len(prompt) + 3)
-    assert b.length == len(prompt) + 3 and b.tokens == prompt + reply[:3]
-    forced = b.encode_text(" I can't help with that.")
-    after = b.feed(forced)
-    tail = _greedy(b, 6, after.logits)
-    b.reset()
-    fresh = b.feed(prompt + reply[:3] + forced)
-    assert np.allclose(after.logits, fresh.logits, atol=1e-3)
-    assert np.allclose(after.safety, fresh.safety[-len(forced) :], atol=1e-3)
-    assert _greedy(b, 6, fresh.logits) == tail
-    with pytest.raises(ValueError, match="cannot rewind"):
-        b.rewind(b.length + 1)
+    check_rewind_matches_fresh(b, prompt, b.encode_text(" I can't help with that."), 1e-3)
+    assert b.model.position == b.length
 
 
 def test_guarded_generation_rewinds_and_refuses(backend) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from backend_checks import check_rewind_matches_fresh, greedy
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampling, Step, numpy_sampler
 from localguard.errors import InputError
@@ -303,14 +304,6 @@ def mlx_backend(starter_model: Path, stream_head: Path):
     return MLXGuardBackend.load(starter_model, stream_head)
 
 
-def _greedy(backend, n: int, logits: np.ndarray) -> list[int]:
-    out = []
-    for _ in range(n):
-        out.append(int(np.argmax(logits)))
-        logits = backend.feed([out[-1]]).logits
-    return out
-
-
 def test_mlx_safety_logits_are_the_heads_on_the_models_hidden_states(
     mlx_backend, stream_head: Path
 ) -> None:
@@ -343,21 +336,7 @@ def test_mlx_rewind_truncates_the_kv_cache(mlx_backend, monkeypatch, trimmable: 
         monkeypatch.setattr(guarded, "can_trim_prompt_cache", lambda cache: False)
     b = mlx_backend
     prompt = b.encode_chat(_chat("Tell me about the river."))
-    b.reset()
-    reply = _greedy(b, 8, b.feed(prompt).logits)
-    assert b.length == len(prompt) + 8
-    b.rewind(len(prompt) + 3)
-    assert b.length == len(prompt) + 3 and b.tokens == prompt + reply[:3]
-    forced = b.encode_text(" I can't help with that.")
-    after = b.feed(forced)
-    tail = _greedy(b, 6, after.logits)
-    b.reset()
-    fresh = b.feed(prompt + reply[:3] + forced)
-    assert np.allclose(after.logits, fresh.logits, atol=1e-4)
-    assert np.allclose(after.safety, fresh.safety[-len(forced) :], atol=1e-4)
-    assert _greedy(b, 6, fresh.logits) == tail
-    with pytest.raises(ValueError, match="cannot rewind"):
-        b.rewind(b.length + 1)
+    check_rewind_matches_fresh(b, prompt, b.encode_text(" I can't help with that."), 1e-4)
 
 
 def test_mlx_guarded_generation_rewinds_and_refuses(mlx_backend) -> None:
@@ -436,7 +415,7 @@ def test_mlx_backend_on_other_architectures(arch: str, tmp_path: Path) -> None:
         MLXGuardBackend(model, tokenizer, head)
     prompt = b.encode_chat(_chat("the cat reads a map"))
     b.reset()
-    reply = _greedy(b, 6, b.feed(prompt).logits)
+    reply = greedy(b, 6, b.feed(prompt).logits)
     b.rewind(len(prompt) + 2)
     again = b.feed(reply[2:4])
     b.reset()

@@ -141,15 +141,6 @@ class LlamaCppGuardBackend(GuardBackend):
 
     # --- the sequence ---
 
-    @property
-    def length(self) -> int:
-        return len(self._tokens)
-
-    @property
-    def tokens(self) -> list[int]:
-        """The sequence in the KV cache."""
-        return list(self._tokens)
-
     def reset(self) -> None:
         self.model.reset()
         self._tokens = []

@@ -92,15 +92,6 @@ class MLXGuardBackend(GuardBackend):
 
     # --- the sequence ---
 
-    @property
-    def length(self) -> int:
-        return len(self._tokens)
-
-    @property
-    def tokens(self) -> list[int]:
-        """The sequence in the KV cache."""
-        return list(self._tokens)
-
     def reset(self) -> None:
         self._cache = make_prompt_cache(self.model)
         self._tokens = []
