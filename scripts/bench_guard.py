@@ -60,6 +60,15 @@ def paired(passes: int, plain, guarded) -> dict:
             "ratio": statistics.median(ratios)}  # fmt: skip
 
 
+def guarded_pass(backend, max_tokens: int) -> int:
+    """Tokens decoded by guarded generation (guard on) over the prompts."""
+    sampling = Sampling(max_tokens=max_tokens)
+    return sum(
+        generate(backend, [{"role": "user", "content": p}], GuardSettings(), sampling).steps
+        for p in PROMPTS
+    )
+
+
 def bench_llamacpp(path: Path, max_tokens: int, passes: int, threads: int | None) -> dict:
     import llama_cpp
 
@@ -84,11 +93,7 @@ def bench_llamacpp(path: Path, max_tokens: int, passes: int, threads: int | None
         return total
 
     def guarded() -> int:
-        sampling = Sampling(max_tokens=max_tokens)
-        return sum(
-            generate(backend, [{"role": "user", "content": p}], GuardSettings(), sampling).steps
-            for p in PROMPTS
-        )
+        return guarded_pass(backend, max_tokens)
 
     found = paired(passes, plain, guarded)
     llm.close()
@@ -120,11 +125,7 @@ def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, pa
         return total
 
     def guarded() -> int:
-        sampling = Sampling(max_tokens=max_tokens)
-        return sum(
-            generate(backend, [{"role": "user", "content": p}], GuardSettings(), sampling).steps
-            for p in PROMPTS
-        )
+        return guarded_pass(backend, max_tokens)
 
     return {"model": str(model), "head": str(head), **paired(passes, plain, guarded)}
 
