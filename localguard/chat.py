@@ -20,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
@@ -300,6 +302,10 @@ def interactive(
     err: TextIO = sys.stderr,
 ) -> None:
     """The read-answer loop until end of input (Ctrl-D)."""
+    if threading.current_thread() is threading.main_thread():
+        # a process started in the background by a shell inherits SIGINT ignored, and Python
+        # then never raises KeyboardInterrupt: Ctrl-C must stop an answer all the same
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     err.write("localguard chat: /help lists the commands, Ctrl-D leaves.\n")
 
     def show(piece: str) -> None:
