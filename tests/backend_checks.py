@@ -5,6 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from localguard.backends.base import Sampling
+from localguard.guard import GuardSettings, generate
+
+
+def chat(prompt: str, prefill: str | None = None) -> list[dict]:
+    """A user message, and a forced start of the assistant's reply when prefill is given."""
+    msgs = [{"role": "user", "content": prompt}]
+    return msgs + ([{"role": "assistant", "content": prefill}] if prefill else [])
+
 
 def greedy(backend, n: int, logits: np.ndarray) -> list[int]:
     """n greedy tokens from logits on, fed one by one."""
@@ -34,3 +43,23 @@ def check_rewind_matches_fresh(backend, prompt: list[int], forced: list[int], at
     with pytest.raises(ValueError, match="cannot rewind"):
         b.rewind(b.length + 1)
     return reply
+
+
+def check_rows_never_sampled(backend, temperature: float) -> None:
+    """The safety rows are never drawn by the backend's sampler, nor in guarded generation
+    with the guard on or off under a +1e6 logit bias on them; unmasked they would win."""
+    b = backend
+    b.reset()
+    logits = b.feed(b.encode_chat(chat("Tell me a story."))).logits
+    raw = logits.copy()
+    raw[list(b.safety_ids)] = raw[np.isfinite(raw)].max() + 5.0  # what an unmasked row could be
+    for seed in range(3):
+        sample = b.sampler(Sampling(temperature=temperature, top_k=0, seed=seed))
+        assert not {sample(logits) for _ in range(300)} & set(b.safety_ids)
+        if temperature == 0.0:
+            assert sample(raw) in b.safety_ids  # teeth: unmasked, they would win
+    sampling = Sampling(temperature=temperature, max_tokens=48, seed=3,
+                        logit_bias={i: 1e6 for i in b.safety_ids})  # fmt: skip
+    for mode in ("on", "off"):
+        result = generate(b, chat("Tell me a story."), GuardSettings(mode=mode), sampling)
+        assert not set(result.tokens) & set(b.safety_ids) and result.steps >= 1
