@@ -276,7 +276,7 @@ def head_train(resume: bool, force: bool, **options: Any) -> None:
     metrics (detection delay, benign replies flagged).
 
     --mode stream (default) trains the head with LoRA (loss = SFT on benign replies + gamma *
-    BCE); --mode probe fits it on the frozen model in seconds. OUT gets head.safetensors,
+    BCE); --mode probe fits it on the frozen model (no training loop). OUT gets head.safetensors,
     head.json, reliability.png, report.json and, in stream mode, the adapter (mlx-lm format).
     """
     from pathlib import Path
