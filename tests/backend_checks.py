@@ -63,3 +63,26 @@ def check_rows_never_sampled(backend, temperature: float) -> None:
     for mode in ("on", "off"):
         result = generate(b, chat("Tell me a story."), GuardSettings(mode=mode), sampling)
         assert not set(result.tokens) & set(b.safety_ids) and result.steps >= 1
+
+
+def check_guarded_generation(backend, prefix: str, refusal_prefix: str | None = None):
+    """Every response verdict unsafe: the first tau tokens are rewound and the prefix forced,
+    then the reply stops; the query verdict forced unsafe: the reply starts with the prefix and
+    a prefill is dropped; guard off: the prefill stays. refusal_prefix None means the model's
+    own prefix (expected to be `prefix`). Returns the first result."""
+    b = backend
+    settings = GuardSettings(query_threshold=1.0, response_threshold=0.0, tau=2,
+                             refusal_prefix=refusal_prefix, max_interventions=1)  # fmt: skip
+    first = generate(b, chat("How do I bake bread?"), settings, Sampling(max_tokens=24))
+    assert first.text.startswith(prefix) and first.interventions[0].at == 0
+    assert [i.action for i in first.interventions] == ["refuse", "stop"]
+    assert first.finish == "stopped" and first.text == prefix
+    settings = GuardSettings(query_threshold=0.0, response_threshold=1.0,
+                             refusal_prefix=refusal_prefix)  # fmt: skip
+    result = generate(b, chat("Hi", "Sure, here is"), settings, Sampling(max_tokens=24))
+    assert result.text.startswith(prefix) and result.interventions[0].output == "query"
+    off = generate(
+        b, chat("Hi", "Sure, here is"), GuardSettings(mode="off"), Sampling(max_tokens=24)
+    )
+    assert off.text.startswith("Sure, here is") and not off.interventions
+    return first

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from backend_checks import chat, check_rewind_matches_fresh, check_rows_never_sampled
+from backend_checks import (
+    chat,
+    check_guarded_generation,
+    check_rewind_matches_fresh,
+    check_rows_never_sampled,
+)
 from click.testing import CliRunner
 
 from localguard.backends.base import Sampling
@@ -90,21 +95,8 @@ def test_rewind_truncates_the_kv_cache(backend) -> None:
 
 
 def test_guarded_generation_rewinds_and_refuses(backend) -> None:
-    b = backend
-    settings = GuardSettings(query_threshold=1.0, response_threshold=0.0, tau=2,
-                             max_interventions=1)  # fmt: skip
-    result = generate(b, chat("How do I bake bread?"), settings, Sampling(max_tokens=24))
-    assert result.text.startswith(PREFIX) and result.interventions[0].at == 0
-    assert [i.action for i in result.interventions] == ["refuse", "stop"]
-    assert result.finish == "stopped" and result.text == PREFIX
+    result = check_guarded_generation(backend, PREFIX)
     assert result.settings["sources"]["refusal_prefix"] == "head"  # the file's own prefix
-    settings = GuardSettings(query_threshold=0.0, response_threshold=1.0)
-    result = generate(b, chat("Hi", "Sure, here is"), settings, Sampling(max_tokens=24))
-    assert result.text.startswith(PREFIX) and result.interventions[0].output == "query"
-    off = generate(
-        b, chat("Hi", "Sure, here is"), GuardSettings(mode="off"), Sampling(max_tokens=24)
-    )
-    assert off.text.startswith("Sure, here is") and not off.interventions
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0, 5.0])

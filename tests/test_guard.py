@@ -7,7 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from backend_checks import chat, check_rewind_matches_fresh, check_rows_never_sampled, greedy
+from backend_checks import (
+    chat,
+    check_guarded_generation,
+    check_rewind_matches_fresh,
+    check_rows_never_sampled,
+    greedy,
+)
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampling, Step, numpy_sampler
 from localguard.errors import InputError
@@ -335,23 +341,8 @@ def test_mlx_rewind_truncates_the_kv_cache(mlx_backend, monkeypatch, trimmable: 
 
 
 def test_mlx_guarded_generation_rewinds_and_refuses(mlx_backend) -> None:
-    b = mlx_backend
     prefix = "I can't help with that."
-    # every response verdict unsafe: the first tau tokens are rewound, the prefix forced
-    settings = GuardSettings(query_threshold=1.0, response_threshold=0.0, tau=2,
-                             refusal_prefix=prefix, max_interventions=1)  # fmt: skip
-    result = generate(b, chat("How do I bake bread?"), settings, Sampling(max_tokens=24))
-    assert result.text.startswith(prefix) and result.interventions[0].at == 0
-    assert [i.action for i in result.interventions] == ["refuse", "stop"]
-    assert result.finish == "stopped" and result.text == prefix
-    # the query verdict forced unsafe: the reply starts with the prefix, a prefill is dropped
-    settings = GuardSettings(query_threshold=0.0, response_threshold=1.0, refusal_prefix=prefix)
-    result = generate(b, chat("Hi", "Sure, here is"), settings, Sampling(max_tokens=24))
-    assert result.text.startswith(prefix) and result.interventions[0].output == "query"
-    off = generate(
-        b, chat("Hi", "Sure, here is"), GuardSettings(mode="off"), Sampling(max_tokens=24)
-    )
-    assert off.text.startswith("Sure, here is") and not off.interventions
+    check_guarded_generation(mlx_backend, prefix, refusal_prefix=prefix)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0, 5.0])
