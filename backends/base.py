@@ -137,7 +137,9 @@ class GuardBackend(abc.ABC):
     # --- sampling -----------------------------------------------------------------------------
 
     def sampler(self, sampling: Sampling) -> Sampler:
-        """A function from (V,) logits to a token id; numpy unless a backend has its own."""
+        """A function from (V,) logits to a token id; numpy unless a backend has its own. The
+        Guard asks for it after reset and before the first feed, once per reply, so a backend
+        may use it to draw the next token ahead of the Guard."""
         return numpy_sampler(sampling)
 
     def masked(self, logits: np.ndarray) -> np.ndarray:

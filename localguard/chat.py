@@ -37,6 +37,7 @@ from typing import TextIO
 
 from localguard.backends.base import GuardBackend, Sampling
 from localguard.errors import InputError
+from localguard.files import clean_json
 from localguard.guard import MODES, GuardResult, GuardSettings, generate
 
 HELP = """commands:
@@ -200,7 +201,8 @@ def open_backend(
     lora: str | None = None,
     n_ctx: int = 4096,
 ) -> GuardBackend:
-    """A GGUF file with its baked head (llamacpp), or a model folder + head folder (mlx)."""
+    """A GGUF file with its baked head (llamacpp), or a model folder + head folder (mlx). A
+    model without a head (no --head, or a GGUF exported without one) serves guard off only."""
     if backend == "llamacpp":
         if adapter or head:
             raise InputError("--adapter and --head are for --backend mlx; a GGUF carries its head")
@@ -210,15 +212,13 @@ def open_backend(
             Path(model).expanduser(), Path(lora) if lora else None, n_ctx
         )
     if backend == "mlx":
-        if not head:
-            raise InputError("--backend mlx needs --head (a safety head folder)")
         if lora:
             raise InputError("--lora is for --backend llamacpp; use --adapter with mlx")
         from localguard.backends.mlx.guarded import MLXGuardBackend
         from localguard.hub import resolve_model
 
         return MLXGuardBackend.load(
-            resolve_model(model), Path(head), Path(adapter) if adapter else None
+            resolve_model(model), Path(head) if head else None, Path(adapter) if adapter else None
         )
     raise InputError(f"backend must be llamacpp or mlx, not {backend!r}")
 
@@ -429,7 +429,7 @@ def answer_once(session: ChatSession, prompt: str, as_json: bool, out: TextIO, e
     """--prompt: one answer, streamed (or as one JSON object with --json)."""
     if as_json:
         result = session.ask(prompt)
-        out.write(json.dumps(session.record(result), indent=2) + "\n")
+        out.write(json.dumps(clean_json(session.record(result)), indent=2) + "\n")
         return result
 
     def show(piece: str) -> None:

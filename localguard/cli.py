@@ -380,7 +380,8 @@ def export_command(**options: Any) -> None:
               help="llamacpp: a GGUF with its baked head; mlx: model + head.")  # fmt: skip
 @click.option("--model", help="The model (instead of MODEL): GGUF file, or folder for mlx.")
 @click.option("--adapter", type=click.Path(file_okay=False), help="mlx: LoRA adapter folder.")
-@click.option("--head", type=click.Path(file_okay=False), help="mlx: safety head folder.")
+@click.option("--head", type=click.Path(file_okay=False),
+              help="mlx: safety head folder (without one, only --mode off).")  # fmt: skip
 @click.option("--lora", type=click.Path(dir_okay=False), help="llamacpp: LoRA GGUF file.")
 @click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context length.")
 @click.option("--system", help="System message at the start of the conversation.")
@@ -396,8 +397,9 @@ def chat(**options: Any) -> None:
     """Chat with a guarded model: streamed answers, a safety meter, slash commands (/help).
 
     MODEL is a GGUF file exported with its safety head; with --backend mlx, a model folder (or
-    hub id, starter:SIZE) with --head and optionally --adapter. Ctrl-C stops an answer, Ctrl-D
-    leaves. --prompt answers one message and exits.
+    hub id, starter:SIZE) with --head and optionally --adapter. A model without a head chats
+    with --mode off only. Ctrl-C stops an answer, Ctrl-D leaves. --prompt answers one message
+    and exits.
     """
     import contextlib
     import dataclasses

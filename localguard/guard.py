@@ -252,6 +252,7 @@ class _Run:
     def go(self, prompt: list[int], prefill: list[int]) -> GuardResult:
         cfg, b = self.cfg, self.b
         b.reset()
+        sample = b.sampler(self.sampling)  # before the first feed: a backend may draw ahead
         step = b.feed(prompt, every=False)  # only the last prompt token's verdict is read
         query = float(step.safety[-1, cfg.query]) if step.safety.shape[1] else math.nan
         forced, is_prefix = prefill, False
@@ -263,7 +264,7 @@ class _Run:
             if action == "refuse":
                 self.refusals += 1
                 forced, is_prefix = self._prefix(), True
-        logits, sample, finish = step.logits, b.sampler(self.sampling), None
+        logits, finish = step.logits, None
         while finish is None:
             if forced:
                 tokens, forcing, forced = forced, is_prefix, []

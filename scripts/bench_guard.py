@@ -4,9 +4,14 @@ llama.cpp: stock llama-cpp-python (`Llama.generate`, greedy) on a GGUF against l
 LlamaCppGuardBackend + Guard (guard on) on the same file, same threads. MLX: mlx_lm's
 stream_generate (greedy) against MLXGuardBackend + Guard (guard on) on the same model, adapter
 and head. Both sides decode at most --max-tokens per prompt, stop at end of turn, and time the
-whole answer (prompt evaluation included); tokens/s = tokens decoded / seconds. Each side gets
---repeats timed passes over the prompts, alternating plain and guarded (after one warm-up pass
-each); the medians count, and the ratio is the median of the per-pair ratios.
+whole answer (prompt evaluation included); tokens/s = tokens decoded / seconds. After one
+warm-up pass each, --repeats timed rounds go over the prompts, and within a round plain and
+guarded alternate prompt by prompt (which goes first alternates by round), so machine noise hits
+both sides alike. A round's ratio is its guarded rate over its plain rate; the ratio reported is
+the median over rounds, with the lowest and highest beside it.
+
+On a small CPU machine, OPENBLAS_NUM_THREADS=1 makes both sides faster and steadier for small
+models (two BLAS threads fight MLX's own for two cores).
 
 Targets (issue 7): guarded / plain >= 0.95 on both.
 
@@ -47,34 +52,49 @@ PROMPTS = [
 TARGET = 0.95
 
 
-def paired(passes: int, plain, guarded) -> dict:
-    """Plain and guarded passes, alternating (after one warm-up of each): the median rates and
-    the median of the per-pair ratios, so machine noise hits both sides alike."""
-    plain(), guarded()
-    rates: dict[str, list[float]] = {"plain": [], "guarded": []}
-    tokens: dict[str, int] = {}
-    for _ in range(passes):
-        for name, run in (("plain", plain), ("guarded", guarded)):
-            start = time.perf_counter()
-            tokens[name] = run()
-            rates[name].append(tokens[name] / (time.perf_counter() - start))
-    ratios = [g / p for p, g in zip(rates["plain"], rates["guarded"], strict=True)]
-    return {"plain_tok_s": statistics.median(rates["plain"]),
-            "guarded_tok_s": statistics.median(rates["guarded"]),
-            "plain_tokens": tokens["plain"], "guarded_tokens": tokens["guarded"],
-            "ratio": statistics.median(ratios)}  # fmt: skip
+def _rate(tokens_seconds: list) -> float:
+    return tokens_seconds[0] / tokens_seconds[1]
 
 
-def guarded_pass(backend, max_tokens: int) -> int:
-    """Tokens decoded by guarded generation (guard on) over the prompts."""
+def paired(rounds: int, count: int, plain, guarded) -> dict:
+    """plain(i) and guarded(i) answer prompt i and return the tokens decoded; see the module
+    docstring for how they alternate."""
+    for i in range(count):  # warm-up
+        plain(i), guarded(i)
+    sides = {"plain": plain, "guarded": guarded}
+    totals = {name: [0, 0.0] for name in sides}
+    ratios = []
+    for r in range(rounds):
+        this = {name: [0, 0.0] for name in sides}
+        order = ("plain", "guarded") if r % 2 == 0 else ("guarded", "plain")
+        for i in range(count):
+            for name in order:
+                start = time.perf_counter()
+                this[name][0] += sides[name](i)
+                this[name][1] += time.perf_counter() - start
+        for name, (n, t) in this.items():
+            totals[name][0] += n
+            totals[name][1] += t
+        ratios.append(_rate(this["guarded"]) / _rate(this["plain"]))
+    return {"plain_tok_s": _rate(totals["plain"]), "guarded_tok_s": _rate(totals["guarded"]),
+            "plain_tokens": totals["plain"][0] // rounds,
+            "guarded_tokens": totals["guarded"][0] // rounds,
+            "ratio": statistics.median(ratios), "ratio_low": min(ratios),
+            "ratio_high": max(ratios)}  # fmt: skip
+
+
+def guarded_answer(backend, max_tokens: int):
+    """guarded(i): tokens decoded by guarded generation (guard on) for prompt i."""
     sampling = Sampling(max_tokens=max_tokens)
-    return sum(
-        generate(backend, [{"role": "user", "content": p}], GuardSettings(), sampling).steps
-        for p in PROMPTS
-    )
+
+    def guarded(i: int) -> int:
+        chat = [{"role": "user", "content": PROMPTS[i]}]
+        return generate(backend, chat, GuardSettings(), sampling).steps
+
+    return guarded
 
 
-def bench_llamacpp(path: Path, max_tokens: int, passes: int, threads: int | None) -> dict:
+def bench_llamacpp(path: Path, max_tokens: int, rounds: int, threads: int | None) -> dict:
     import llama_cpp
 
     from localguard.backends.llamacpp.gguf_runtime import default_threads
@@ -87,26 +107,20 @@ def bench_llamacpp(path: Path, max_tokens: int, passes: int, threads: int | None
                           n_threads_batch=threads, verbose=False)  # fmt: skip
     eos = backend.eos_ids
 
-    def plain() -> int:
-        total = 0
-        for ids in prompts:
-            llm.reset()
-            for n, token in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True), 1):
-                total += 1
-                if token in eos or n >= max_tokens:
-                    break
-        return total
+    def plain(i: int) -> int:
+        llm.reset()
+        for n, token in enumerate(llm.generate(prompts[i], top_k=1, temp=0.0, reset=True), 1):
+            if token in eos or n >= max_tokens:
+                return n
+        return n
 
-    def guarded() -> int:
-        return guarded_pass(backend, max_tokens)
-
-    found = paired(passes, plain, guarded)
+    found = paired(rounds, len(prompts), plain, guarded_answer(backend, max_tokens))
     llm.close()
     backend.close()
     return {"file": str(path), "threads": threads, **found}
 
 
-def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, passes: int):
+def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, rounds: int):
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
 
@@ -119,20 +133,15 @@ def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, pa
     prompts = [backend.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     greedy = make_sampler(0.0)
 
-    def plain() -> int:
-        total = 0
-        for ids in prompts:
-            for response in stream_generate(plain_model, tokenizer, ids, max_tokens=max_tokens,
-                                            sampler=greedy):  # fmt: skip
-                total += 1
-                if response.finish_reason:
-                    break
-        return total
+    def plain(i: int) -> int:
+        for n, response in enumerate(stream_generate(plain_model, tokenizer, prompts[i],
+                                     max_tokens=max_tokens, sampler=greedy), 1):  # fmt: skip
+            if response.finish_reason:
+                return n
+        return n
 
-    def guarded() -> int:
-        return guarded_pass(backend, max_tokens)
-
-    return {"model": str(model), "head": str(head), **paired(passes, plain, guarded)}
+    found = paired(rounds, len(prompts), plain, guarded_answer(backend, max_tokens))
+    return {"model": str(model), "head": str(head), **found}
 
 
 def main() -> None:
@@ -142,7 +151,7 @@ def main() -> None:
     parser.add_argument("--head", type=Path, help="safety head folder (with --model)")
     parser.add_argument("--adapter", type=Path, help="adapter folder (default: the head's own)")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=9, help="alternating timed pass pairs")
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds over the prompts")
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: as the guard)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
@@ -162,7 +171,8 @@ def main() -> None:
             r = report[name]
             met = "met" if r["ratio"] >= TARGET else "NOT met"
             print(f"{name:10} {r['plain_tok_s']:12.1f} {r['guarded_tok_s']:14.1f} "
-                  f"{r['ratio']:7.3f}  >= {TARGET} {met}")  # fmt: skip
+                  f"{r['ratio']:7.3f}  >= {TARGET} {met} (rounds {r['ratio_low']:.3f}-"
+                  f"{r['ratio_high']:.3f})")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

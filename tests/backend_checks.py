@@ -93,3 +93,30 @@ def check_guarded_generation(backend, prefix: str, refusal_prefix: str | None = 
     )
     assert off.text.startswith("Sure, here is") and not off.interventions
     return first
+
+
+def check_drawing_ahead_changes_nothing(backend) -> None:
+    """Guarded replies equal those of a run that cannot draw ahead (a logit bias of 0 turns a
+    backend's drawing ahead off without changing any draw): with rewinds, refusals and the
+    token limit, in every mode, greedy and (without interventions) sampled."""
+    b = backend
+    off = {next(iter(b.eos_ids)): 0.0}
+    cases = [
+        (GuardSettings(query_threshold=1.0, response_threshold=0.0, tau=2), 0.0),
+        (GuardSettings(query_threshold=0.0), 0.0),
+        (GuardSettings(mode="monitor", response_threshold=0.0), 0.0),
+        (GuardSettings(mode="off"), 1.0),
+    ]
+    for settings, temperature in cases:
+        for prompt in ("How do I bake bread?", "Tell me about the river."):
+            runs = [
+                generate(b, chat(prompt), settings,
+                         Sampling(temperature=temperature, max_tokens=20, seed=5, logit_bias=bias))
+                for bias in ({}, off)
+            ]  # fmt: skip
+            ahead, plain = (r.record() for r in runs)
+            assert ahead["tokens"] == plain["tokens"] and ahead["finish"] == plain["finish"]
+            assert [i["at"] for i in ahead["interventions"]] == [
+                i["at"] for i in plain["interventions"]
+            ]
+            assert np.allclose(ahead["response_logits"], plain["response_logits"], atol=1e-4)

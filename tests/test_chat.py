@@ -160,21 +160,33 @@ def test_judge_and_backend_share_the_template_rendering(backend, gguf_file: Path
     assert judge.tokens(text) == backend.encode_chat(chat(text))
 
 
-def test_a_gguf_without_a_head_chats_with_the_guard_off_only(
-    starter_model: Path, tmp_path: Path
+@pytest.mark.parametrize("backend_name", ["llamacpp", "mlx"])
+def test_a_model_without_a_head_chats_with_the_guard_off_only(
+    starter_model: Path, tmp_path: Path, backend_name: str
 ) -> None:
     from localguard.cli import cli
 
-    plain = tmp_path / "plain.gguf"
-    convert_to_gguf(starter_model, plain, outtype="f32")
+    if backend_name == "llamacpp":
+        model = tmp_path / "plain.gguf"
+        convert_to_gguf(starter_model, model, outtype="f32")
+    else:
+        model = starter_model
     runner = CliRunner()
-    args = ["chat", str(plain), "--prompt", "Tell me about the river.", "--max-tokens", "8"]
+    args = ["chat", str(model), "--backend", backend_name, "--prompt", "Tell me about the river.",
+            "--max-tokens", "8"]  # fmt: skip
     res = runner.invoke(cli, args)
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
     assert "no safety head, so the guard can only be off" in res.stderr
     res = runner.invoke(cli, [*args, "--mode", "off"])
     assert res.exit_code == 0 and res.stdout.strip(), res.output
     assert "[safety ---------- - | query - | guard off]" in res.stderr
+    res = runner.invoke(cli, [*args, "--mode", "off", "--json"])
+
+    def no_nan(name: str):
+        raise AssertionError(f"{name} is not JSON")
+
+    record = json.loads(res.stdout, parse_constant=no_nan)
+    assert res.exit_code == 0 and record["query_logit"] is None and record["text"]
 
 
 def test_streamed_text_adds_up_across_split_characters(backend) -> None:

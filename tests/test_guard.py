@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from backend_checks import (
     chat,
+    check_drawing_ahead_changes_nothing,
     check_guarded_generation,
     check_rewind_matches_fresh,
     check_rows_never_sampled,
@@ -400,6 +401,16 @@ def test_mlx_rewind_truncates_the_kv_cache(mlx_backend, monkeypatch, trimmable: 
     check_rewind_matches_fresh(b, prompt, b.encode_text(" I can't help with that."), 1e-4)
 
 
+@pytest.mark.parametrize("trim_ahead", [True, False])
+def test_mlx_drawing_ahead_changes_no_reply(mlx_backend, monkeypatch, trim_ahead: bool) -> None:
+    import localguard.backends.mlx.guarded as guarded
+
+    if not trim_ahead:  # the step ahead is dropped by rebuilding the cache instead
+        trim = guarded.trim_prompt_cache
+        monkeypatch.setattr(guarded, "trim_prompt_cache", lambda c, n: 0 if n == 1 else trim(c, n))
+    check_drawing_ahead_changes_nothing(mlx_backend)
+
+
 def test_mlx_guarded_generation_rewinds_and_refuses(mlx_backend) -> None:
     prefix = "I can't help with that."
     check_guarded_generation(mlx_backend, prefix, refusal_prefix=prefix)
@@ -454,6 +465,7 @@ def test_mlx_backend_on_other_architectures(arch: str, tmp_path: Path) -> None:
     assert np.allclose(again.logits, fresh.logits, atol=1e-4)
     result = generate(b, chat("the cat"), GuardSettings(tau=1), Sampling(max_tokens=12))
     assert not set(result.tokens) & set(b.safety_ids)
+    check_drawing_ahead_changes_nothing(b)  # gemma3: past its 16-token window, too
 
 
 # --- a model without a safety head ------------------------------------------------------------

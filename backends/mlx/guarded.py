@@ -6,14 +6,21 @@ safety rows are set to -inf before sampling, which uses mlx-lm's own sampler. Th
 mlx-lm's prompt cache; a rewind trims it (or, for a cache that cannot be trimmed, rebuilds it
 from the kept tokens).
 
+Decoding runs one step ahead, as mlx_lm.generate does: while a guarded run's sampler is active,
+`feed` draws the next token on the device from the step's own logits and queues its forward
+pass before handing the step to the Guard, so the device computes while Python judges. When the
+Guard then picks that very draw (it always does, unless it added a logit bias or forces tokens),
+the next `feed` finds the work done; otherwise the step ahead is dropped from the cache.
+
     backend = MLXGuardBackend.load(model_dir, head_dir)
     result = localguard.guard.generate(backend, [{"role": "user", "content": "Hi"}])
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -52,6 +59,15 @@ def load_model(model_dir: Path, adapter: Path | None = None):
         raise InputError(f"cannot load the model or adapter: {exc}") from None
 
 
+class _Ahead(NamedTuple):
+    """A next token drawn on the device, with its forward pass queued."""
+
+    token: mx.array  # the draw, a scalar
+    masked: mx.array  # the step after feeding it, as _outputs returns it
+    safety: mx.array
+    drawn_from: np.ndarray  # the host logits the Guard will sample from (checked by identity)
+
+
 class MLXGuardBackend(GuardBackend):
     """One mlx-lm model with a baked safety head and one sequence in its KV cache."""
 
@@ -71,6 +87,9 @@ class MLXGuardBackend(GuardBackend):
             model._localguard_head_baked = True
         k = len(head.names)
         self._first = first
+        hide = np.zeros(first + len(head.names), np.float32)
+        hide[first:] = -np.inf
+        self._hide = mx.array(hide)  # added to the logits: the safety rows at -inf
         self._bias = mx.array(np.asarray(head.bias, np.float32))
         self._rows = mx.array(np.asarray(head.weight, np.float32))
         self.safety_ids = tuple(range(first, first + k))
@@ -85,6 +104,8 @@ class MLXGuardBackend(GuardBackend):
         self.eos_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self._tokens: list[int] = []
         self._cache = make_prompt_cache(model)
+        self._draw: Callable[[mx.array], mx.array] | None = None  # the active run's sampler
+        self._ahead: _Ahead | None = None
 
     @classmethod
     def load(
@@ -111,11 +132,23 @@ class MLXGuardBackend(GuardBackend):
     def reset(self) -> None:
         self._cache = make_prompt_cache(self.model)
         self._tokens = []
+        self._draw = self._ahead = None
 
-    def _forward(self, ids: list[int]) -> mx.array:
+    def _forward(self, ids: list[int] | mx.array) -> mx.array:
         """Final hidden states of ids appended to the cache: (1, n, D)."""
-        hidden = _language_model(self.model).model(mx.array([ids]), cache=self._cache)
-        return hidden
+        inputs = ids.reshape(1, -1) if isinstance(ids, mx.array) else mx.array([ids])
+        return _language_model(self.model).model(inputs, cache=self._cache)
+
+    def _outputs(self, ids: list[int] | mx.array, every: bool) -> tuple[mx.array, mx.array]:
+        """(masked next-token logits, safety logits) of ids appended to the cache, lazily."""
+        hidden = self._forward(ids)
+        last = output_logits(self.model, hidden[:, -1:, :])[0, 0].astype(mx.float32)
+        # the last position's safety logits come from the baked rows of this very forward
+        safety = (last[self._first :] + self._bias)[None]
+        if every and hidden.shape[1] > 1:
+            rest = (hidden[0, :-1].astype(mx.float32) @ self._rows.T) + self._bias
+            safety = mx.concatenate([rest, safety], axis=0)
+        return last + self._hide, safety
 
     def feed(self, tokens: Sequence[int], every: bool = True) -> Step:
         ids = [int(t) for t in tokens]
@@ -124,47 +157,84 @@ class MLXGuardBackend(GuardBackend):
         bad = [t for t in ids if not 0 <= t < self._first]
         if bad:
             raise InputError(f"token id {bad[0]} is not a vocabulary token (safety row or beyond)")
-        hidden = self._forward(ids)
-        last = output_logits(self.model, hidden[:, -1:, :])[0, 0].astype(mx.float32)
-        safety = (hidden[0].astype(mx.float32) @ self._rows.T) + self._bias
-        # the last position's safety logits come from the baked rows of this very forward
-        safety = mx.concatenate([safety[:-1], (last[self._first :] + self._bias)[None]], axis=0)
-        safety = safety if every else safety[-1:]
-        masked = mx.concatenate([last[: self._first], mx.full((len(self.safety_ids),), -mx.inf)])
-        mx.eval(masked, safety, [c.state for c in self._cache])
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ids == [int(ahead.token.item())]:
+            masked, safety = ahead.masked, ahead.safety  # queued by the previous feed
+        else:
+            if ahead is not None:
+                self._drop_ahead()
+            masked, safety = self._outputs(ids, every)
+        # (the cache's new entries are inputs of these outputs, so they are evaluated too)
+        if self._draw is not None and ids[-1] not in self.eos_ids and self._can_trim():
+            token = self._draw(masked)
+            mx.async_eval(token)  # on its own, so that reading it waits for this step only
+            nxt = self._outputs(token, every=True)
+            mx.async_eval(*nxt)
+            logits = np.array(masked, np.float32)
+            self._ahead = _Ahead(token, *nxt, logits)
+        else:
+            mx.eval(masked, safety)
+            logits = np.array(masked, np.float32)
         self._tokens += ids
-        return Step(np.array(masked, np.float32), np.array(safety, np.float64))
+        return Step(logits, np.array(safety, np.float64))
 
-    def rewind(self, length: int) -> None:
-        if not 0 <= length <= len(self._tokens):
-            raise ValueError(f"cannot rewind to {length}: the sequence has {self.length} tokens")
-        drop = len(self._tokens) - length
-        if drop == 0:
-            return
-        kept = self._tokens[:length]
-        if can_trim_prompt_cache(self._cache):
-            trimmed = trim_prompt_cache(self._cache, drop)
-            if trimmed != drop:
-                raise RuntimeError(f"the KV cache trimmed {trimmed} tokens, not {drop}")
-            self._tokens = kept
-            return
-        self.reset()  # e.g. a rotating cache that has wrapped: rebuild from the kept tokens
+    def _can_trim(self) -> bool:
+        return can_trim_prompt_cache(self._cache)
+
+    def _drop_ahead(self) -> None:
+        """Remove the queued step's token from the cache (rebuild it where it cannot be trimmed)."""
+        if not (self._can_trim() and trim_prompt_cache(self._cache, 1) == 1):
+            self._rebuild(self._tokens)
+
+    def _rebuild(self, kept: list[int]) -> None:
+        """A fresh cache holding kept (for a cache that cannot be trimmed, e.g. a rotating
+        cache that has wrapped)."""
+        self._cache, self._tokens = make_prompt_cache(self.model), []
         if kept:
             self._forward(kept)
             mx.eval([c.state for c in self._cache])
             self._tokens = kept
 
+    def rewind(self, length: int) -> None:
+        if not 0 <= length <= len(self._tokens):
+            raise ValueError(f"cannot rewind to {length}: the sequence has {self.length} tokens")
+        if self._ahead is not None:
+            self._ahead = None
+            self._drop_ahead()
+        drop = len(self._tokens) - length
+        if drop == 0:
+            return
+        kept = self._tokens[:length]
+        if self._can_trim():
+            trimmed = trim_prompt_cache(self._cache, drop)
+            if trimmed != drop:
+                raise RuntimeError(f"the KV cache trimmed {trimmed} tokens, not {drop}")
+            self._tokens = kept
+            return
+        self._rebuild(kept)
+
     # --- sampling ---
 
     def sampler(self, sampling: Sampling) -> Sampler:
-        """mlx-lm's sampler (greedy at temperature 0) on the given logits."""
+        """mlx-lm's sampler (greedy at temperature 0) on the given logits. It becomes the
+        sequence's sampler until the next reset, so feed draws one step ahead with it; a logit
+        bias changes the Guard's draw, so then nothing is drawn ahead."""
         top_p = sampling.top_p if sampling.top_p < 1.0 else 0.0
         chosen = make_sampler(sampling.temperature, top_p=top_p, top_k=sampling.top_k)
         if sampling.seed is not None:
             mx.random.seed(sampling.seed)
 
+        def draw(x: mx.array) -> mx.array:
+            if sampling.temperature == 0:
+                return mx.argmax(x)  # what mlx-lm's greedy sampler does, without normalizing
+            return chosen((x - mx.logsumexp(x, keepdims=True))[None])[0]
+
+        self._draw = None if sampling.logit_bias else draw
+
         def sample(logits: np.ndarray) -> int:
-            x = mx.array(np.asarray(logits, np.float32))
-            return int(chosen((x - mx.logsumexp(x, keepdims=True))[None]).item())
+            ahead = self._ahead
+            if ahead is not None and logits is ahead.drawn_from:
+                return int(ahead.token.item())  # drawn from these very logits, already
+            return int(draw(mx.array(np.asarray(logits, np.float32))).item())
 
         return sample
