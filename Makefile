@@ -23,9 +23,11 @@ sysdeps:
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
-# the efficacy result on the demo starter world (builds it, nine fine-tunes: about 45 minutes)
+# the efficacy and guard results on the demo starter world (builds it, nine fine-tunes, the
+# guard's attack: about an hour)
 test-slow: $(STAMP)
-	HF_HUB_OFFLINE=1 LOCALGUARD_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_efficacy.py
+	HF_HUB_OFFLINE=1 LOCALGUARD_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_efficacy.py \
+		tests/test_guard_efficacy.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
