@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,14 +346,11 @@ class GGUFModel:
         if not tokens:
             return np.zeros((0, self.n_vocab), np.float32)
         rows = []
-        for first in range(0, len(tokens), self.n_batch):
-            chunk = tokens[first : first + self.n_batch]
-            final = first + len(chunk) == len(tokens)
-            self._decode(chunk, all_logits, final)
+        for size, final in self._decode_chunks(tokens, all_logits):
             if all_logits:
-                rows += [self._row(i).copy() for i in range(len(chunk))]
+                rows += [self._row(i).copy() for i in range(size)]
             elif final:
-                rows.append(self._row(len(chunk) - 1).copy())
+                rows.append(self._row(size - 1).copy())
         return np.stack(rows)
 
     def feed_columns(
@@ -366,14 +364,11 @@ class GGUFModel:
         if not tokens:
             raise ValueError("feed_columns needs at least one token")
         picked = []
-        for first in range(0, len(tokens), self.n_batch):
-            chunk = tokens[first : first + self.n_batch]
-            final = first + len(chunk) == len(tokens)
-            self._decode(chunk, all_logits, final)
+        for size, final in self._decode_chunks(tokens, all_logits):
             if all_logits:
-                picked += [self._row(i)[columns] for i in range(len(chunk) - 1)]
+                picked += [self._row(i)[columns] for i in range(size - 1)]
             if all_logits or final:
-                last = self._row(len(chunk) - 1)
+                last = self._row(size - 1)
                 picked.append(last[columns])
         cols = picked[0][None] if len(picked) == 1 else np.stack(picked)
         return last.copy(), cols
@@ -389,6 +384,15 @@ class GGUFModel:
             if not 0 <= t < self.n_vocab:
                 raise InputError(f"token id {t} is outside the vocabulary of {self.n_vocab}")
         return tokens
+
+    def _decode_chunks(self, tokens: list[int], all_logits: bool) -> Iterator[tuple[int, bool]]:
+        """Decode tokens in batches of n_batch; after each, (its size, whether it is the last),
+        while its logits are readable."""
+        for first in range(0, len(tokens), self.n_batch):
+            chunk = tokens[first : first + self.n_batch]
+            final = first + len(chunk) == len(tokens)
+            self._decode(chunk, all_logits, final)
+            yield len(chunk), final
 
     def _decode(self, chunk: list[int], all_logits: bool, last: bool = True) -> None:
         """One llama_decode of chunk at the current position; logits of every position of it

@@ -157,12 +157,12 @@ class MLXGuardBackend(GuardBackend):
         bad = [t for t in ids if not 0 <= t < self._first]
         if bad:
             raise InputError(f"token id {bad[0]} is not a vocabulary token (safety row or beyond)")
-        ahead, self._ahead = self._ahead, None
+        ahead = self._ahead
         if ahead is not None and ids == [int(ahead.token.item())]:
             masked, safety = ahead.masked, ahead.safety  # queued by the previous feed
+            self._ahead = None
         else:
-            if ahead is not None:
-                self._drop_ahead()
+            self._drop_ahead()
             masked, safety = self._outputs(ids, every)
         # (the cache's new entries are inputs of these outputs, so they are evaluated too)
         if self._draw is not None and ids[-1] not in self.eos_ids and self._can_trim():
@@ -182,7 +182,11 @@ class MLXGuardBackend(GuardBackend):
         return can_trim_prompt_cache(self._cache)
 
     def _drop_ahead(self) -> None:
-        """Remove the queued step's token from the cache (rebuild it where it cannot be trimmed)."""
+        """Remove the queued step's token, if any, from the cache (rebuild it where it cannot
+        be trimmed)."""
+        if self._ahead is None:
+            return
+        self._ahead = None
         if not (self._can_trim() and trim_prompt_cache(self._cache, 1) == 1):
             self._rebuild(self._tokens)
 
@@ -198,9 +202,7 @@ class MLXGuardBackend(GuardBackend):
     def rewind(self, length: int) -> None:
         if not 0 <= length <= len(self._tokens):
             raise ValueError(f"cannot rewind to {length}: the sequence has {self.length} tokens")
-        if self._ahead is not None:
-            self._ahead = None
-            self._drop_ahead()
+        self._drop_ahead()
         drop = len(self._tokens) - length
         if drop == 0:
             return
