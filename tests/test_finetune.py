@@ -310,7 +310,10 @@ def test_two_ranks_match_one_process(world: dict, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = _adapters(single), _adapters(double)
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-2, atol=2e-4, err_msg=key)
+        # Adam turns summation-order differences in tiny gradients into the odd element just
+        # past any tolerance; a wrong split of the batch moves nearly all of them.
+        close = np.isclose(a[key], b[key], rtol=1e-2, atol=2e-4)
+        assert close.mean() >= 0.99, (key, np.abs(a[key] - b[key]).max())
     one = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
     two = [json.loads(x) for x in (double / "metrics.jsonl").read_text().splitlines()]
     for x, y in zip(one, two, strict=True):
@@ -333,11 +336,19 @@ def test_probe_for_another_model_is_refused(world: dict, tmp_path: Path) -> None
 
 
 def test_long_samples_are_truncated_with_a_warning(world: dict, tmp_path: Path) -> None:
+    from mlx_lm.utils import load_tokenizer
+
+    from localguard.data import read_jsonl
+    from localguard.encoding import encode_exchange
+
+    tokenizer = load_tokenizer(world["model"])
+    prompts = [encode_exchange(tokenizer, r["messages"])[1] for r in read_jsonl(world["train"])]
+    limit = max(prompts) + 4  # room for every prompt, not for every reply
     args = _args(world, tmp_path / "out", "--risk", "none", "--iters", "2")
-    args[args.index("--max-seq-length") + 1] = "40"
+    args[args.index("--max-seq-length") + 1] = str(limit)
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "samples longer than 40 tokens were truncated" in result.output
+    assert f"samples longer than {limit} tokens were truncated" in result.output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["truncated"] > 0
 
