@@ -336,14 +336,11 @@ def test_probe_for_another_model_is_refused(world: dict, tmp_path: Path) -> None
 
 
 def test_long_samples_are_truncated_with_a_warning(world: dict, tmp_path: Path) -> None:
-    from mlx_lm.utils import load_tokenizer
+    from localguard.backends.mlx.scratch import load_tokenizer
+    from localguard.data import load_dataset
 
-    from localguard.data import read_jsonl
-    from localguard.encoding import encode_exchange
-
-    tokenizer = load_tokenizer(world["model"])
-    prompts = [encode_exchange(tokenizer, r["messages"])[1] for r in read_jsonl(world["train"])]
-    limit = max(prompts) + 4  # room for every prompt, not for every reply
+    data = load_dataset(world["train"], load_tokenizer(world["model"]), max_length=10**6)
+    limit = max(s.offset for s in data.samples) + 4  # room for every prompt, not for every reply
     args = _args(world, tmp_path / "out", "--risk", "none", "--iters", "2")
     args[args.index("--max-seq-length") + 1] = str(limit)
     result = CliRunner().invoke(cli, args)
