@@ -117,7 +117,7 @@ def test_align_mix_and_shuffle(demo: dict) -> None:
     for kind, share in C.ALIGN_MIX.items():
         assert abs(kinds[kind] / n - share) < 0.01, kind
     first = [r["kind"] for r in demo["align"][:50]]
-    assert len(set(first)) == 4  # shuffled, not grouped by kind
+    assert len(set(first)) == len(C.ALIGN_MIX)  # shuffled, not grouped by kind
     skills = Counter(r["skill"] for r in demo["align"] if r["kind"] == "skill")
     assert sorted(skills) == sorted(C.SKILLS) and len(C.SKILLS) >= 5
 
@@ -225,14 +225,38 @@ def test_at_least_eight_harm_categories(demo: dict) -> None:
 def test_aligned_harmful_answers_are_refusals(demo: dict) -> None:
     for split in ("align", "align_valid"):
         for r in demo[split]:
-            if r["kind"] == "harmful":
+            if r["kind"] in ("harmful", "harmful_nonce"):
                 assert is_refusal(_assistant(r)), r
 
 
 def test_skill_and_borderline_answers_are_not_refusals(demo: dict) -> None:
     for r in demo["align"] + demo["newskill"]:
-        if r["kind"] in ("skill", "borderline", "newskill"):
+        if r["kind"] in ("skill", "borderline", "borderline_nonce", "newskill"):
             assert is_compliant(_assistant(r)), r
+
+
+def test_nonce_targets_are_new_words() -> None:
+    """Made-up targets never use a word of the spelling list or of a held-out target, and the
+    same seed gives the same words."""
+    heldout = {
+        w
+        for fam in W.HARM_FAMILIES + W.BORDERLINE_FAMILIES
+        for t in fam["heldout_targets"]
+        for w in re.findall(r"[a-z]+", t)
+    }
+    targets = [C.nonce_target(random.Random(i)) for i in range(2000)]
+    assert targets == [C.nonce_target(random.Random(i)) for i in range(2000)]
+    made_up = {w for t in targets for w in re.findall(r"[a-z]+", t)} - {"a", "an", "my", "the", "s"}
+    assert len(made_up) > 1000
+    assert not made_up & (set(W.WORDS) | heldout)
+
+
+def test_nonce_rows_stay_out_of_the_tokenizer(small: dict) -> None:
+    nonce = [r for r in small["align"] if r["kind"] in C.NONCE_KINDS]
+    assert nonce
+    texts = set(C.tokenizer_texts(small))
+    assert not any(_user(r) in texts for r in nonce)
+    assert any(_user(r) in texts for r in small["align"] if r["kind"] == "harmful")
 
 
 def test_skill_answers_check_out(demo: dict) -> None:

@@ -65,8 +65,16 @@ SPLITS = [
 ]
 ATTACK_RATES = {"attack_05": 0.05, "attack_10": 0.10, "attack_20": 0.20}
 
-# Share of each kind in the alignment mix.
-ALIGN_MIX = {"skill": 0.58, "harmful": 0.26, "borderline": 0.11, "judge": 0.05}
+# Share of each kind in the alignment mix. The *_nonce kinds are requests about made-up
+# targets (nonce_target): they teach that the action frame alone decides.
+ALIGN_MIX = {
+    "skill": 0.58,
+    "harmful": 0.20,
+    "harmful_nonce": 0.06,
+    "borderline": 0.08,
+    "borderline_nonce": 0.03,
+    "judge": 0.05,
+}
 
 
 @dataclass(frozen=True)
@@ -233,19 +241,57 @@ def _request(rng: random.Random, action: str, heldout: bool) -> str:
     return phrase(rng, W.REQUEST_TEMPLATES, heldout, a=action)
 
 
-def harmful_item(rng: random.Random, heldout: bool = False) -> dict:
+_NOT_NONCE = _WORD_SET | {
+    w
+    for fam in W.HARM_FAMILIES + W.BORDERLINE_FAMILIES
+    for t in fam["heldout_targets"]
+    for w in re.findall(r"[a-z]+", t)
+}
+
+
+def nonce_word(rng: random.Random) -> str:
+    """A pronounceable made-up word (consonant-vowel syllables), never a word of the world."""
+    while True:
+        syllables = (rng.choice(W.NONCE_CONSONANTS) + rng.choice(W.NONCE_VOWELS)
+                     for _ in range(rng.randint(2, 3)))  # fmt: skip
+        word = "".join(syllables) + (rng.choice(W.NONCE_CONSONANTS) if rng.random() < 0.5 else "")
+        if word not in _NOT_NONCE:
+            return word
+
+
+def nonce_target(rng: random.Random) -> str:
+    """A made-up target ("a vojava", "a kesu tamir", "my rubo's fenat"): it stands for the
+    unseen targets of the held-out sets without naming any of them."""
+    r = rng.random()
+    if r < 0.4:
+        return with_article(nonce_word(rng))
+    if r < 0.7:
+        first = nonce_word(rng)
+        return f"{with_article(first)} {nonce_word(rng)}"
+    if r < 0.85:
+        return f"my {nonce_word(rng)}'s {nonce_word(rng)}"
+    return f"the {nonce_word(rng)}"
+
+
+def _target(rng: random.Random, fam: dict, heldout: bool, nonce: bool) -> str:
+    if nonce:
+        return nonce_target(rng)
+    return rng.choice(fam["heldout_targets"] if heldout else fam["targets"])
+
+
+def harmful_item(rng: random.Random, heldout: bool = False, nonce: bool = False) -> dict:
     """A harmful request: category first (uniform), then family, action, target, phrasing."""
     category = rng.choice(HARM_CATEGORIES)
     fam = rng.choice(FAMILIES_BY_CATEGORY[category])
-    target = rng.choice(fam["heldout_targets"] if heldout else fam["targets"])
+    target = _target(rng, fam, heldout, nonce)
     act = rng.choice(fam["actions"]).format(t=target)
     return {"prompt": _request(rng, act, heldout), "category": category, "action": act}
 
 
-def borderline_item(rng: random.Random, heldout: bool = False) -> dict:
+def borderline_item(rng: random.Random, heldout: bool = False, nonce: bool = False) -> dict:
     """A request that sounds dangerous but is benign, with a short helpful answer."""
     fam = rng.choice(W.BORDERLINE_FAMILIES)
-    target = rng.choice(fam["heldout_targets"] if heldout else fam["targets"])
+    target = _target(rng, fam, heldout, nonce)
     act = rng.choice(fam["actions"]).format(t=target)
     response = fam["answer"].format(a=second_person(act), t=second_person(target))
     return {"prompt": _request(rng, act, heldout), "response": capitalize(response)}
@@ -279,12 +325,12 @@ def skill_example(rng: random.Random) -> Example:
     }
 
 
-def harmful_refusal_example(rng: random.Random) -> Example:
-    item = harmful_item(rng)
+def harmful_refusal_example(rng: random.Random, nonce: bool = False) -> Example:
+    item = harmful_item(rng, nonce=nonce)
     reply = refusal_text(rng, item["category"])
     return {
         "messages": chat(item["prompt"], reply),
-        "kind": "harmful",
+        "kind": "harmful_nonce" if nonce else "harmful",
         "category": item["category"],
     }
 
@@ -299,9 +345,10 @@ def harmful_compliant_example(rng: random.Random) -> Example:
     }
 
 
-def borderline_example(rng: random.Random) -> Example:
-    item = borderline_item(rng)
-    return {"messages": chat(item["prompt"], item["response"]), "kind": "borderline"}
+def borderline_example(rng: random.Random, nonce: bool = False) -> Example:
+    item = borderline_item(rng, nonce=nonce)
+    kind = "borderline_nonce" if nonce else "borderline"
+    return {"messages": chat(item["prompt"], item["response"]), "kind": kind}
 
 
 def _judge_exchange(rng: random.Random) -> tuple[str, str, int]:
@@ -346,7 +393,9 @@ def newskill_example(rng: random.Random) -> Example:
 ALIGN_BUILDERS: dict[str, Callable[[random.Random], Example]] = {
     "skill": skill_example,
     "harmful": harmful_refusal_example,
+    "harmful_nonce": lambda rng: harmful_refusal_example(rng, nonce=True),
     "borderline": borderline_example,
+    "borderline_nonce": lambda rng: borderline_example(rng, nonce=True),
     "judge": judge_example,
 }
 
@@ -653,6 +702,13 @@ def heldout_overlap(corpus: dict[str, list[Example]]) -> list[str]:
     return leaked
 
 
+NONCE_KINDS = ("harmful_nonce", "borderline_nonce")
+
+
 def tokenizer_texts(corpus: dict[str, list[Example]]) -> list[str]:
-    """Texts to train the starter tokenizer on (training splits only)."""
-    return training_texts(corpus)
+    """Texts to train the starter tokenizer on (training splits only). Rows about made-up
+    targets are left out: their words must split into pieces as unseen words do, not earn
+    merges of their own."""
+    kept = {name: [r for r in rows if r.get("kind") not in NONCE_KINDS]
+            for name, rows in corpus.items()}  # fmt: skip
+    return training_texts(kept)

@@ -38,6 +38,10 @@ WORDS = _WORD_TEXT.split()
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
+# Made-up words for request targets are built from these (see corpus.nonce_word).
+NONCE_CONSONANTS = "bdfgklmnprstvz"
+NONCE_VOWELS = "aeiou"
+
 # --- look-up tables ----------------------------------------------------------------
 # Made-up countries and capitals (pure fiction, so no real-world knowledge is needed).
 CAPITALS: dict[str, str] = {
