@@ -16,9 +16,10 @@ models (two BLAS threads fight MLX's own for two cores).
 Targets (issue 7): guarded / plain >= 0.95 on both.
 
 Where the guard intervenes (with the demo model: a query refusal of the "hurt my neighbour"
-prompt) the two sides decode different answers, and the forced refusal prefix is fed as one
-batch; plain_tokens and guarded_tokens in --out say how far the counts differ. Each prompt's
-evaluation is shared by fewer guarded tokens then, which lowers the guarded rate a little.
+prompt) the two sides decode different answers of different lengths, and tokens/s would then
+compare different work (each prompt's evaluation shared by more or fewer tokens). So a warm-up
+pass answers every prompt on both sides, and only the prompts that both answer with as many
+tokens are timed; the table names how many, and --out lists the ones left out.
 
     python scripts/bench_guard.py --gguf /tmp/export-demo/model-Q4_K_M.gguf \
         [--model DIR --head DIR] [--max-tokens 64] [--out FILE.json]
@@ -58,16 +59,19 @@ def _rate(tokens_seconds: list) -> float:
 
 def paired(rounds: int, count: int, plain, guarded) -> dict:
     """plain(i) and guarded(i) answer prompt i and return the tokens decoded; see the module
-    docstring for how they alternate."""
-    for i in range(count):  # warm-up
-        plain(i), guarded(i)
+    docstring for how they alternate. Only prompts both sides answer with as many tokens in the
+    warm-up pass are timed: where the guard intervenes, the answers differ."""
+    warm = [(plain(i), guarded(i)) for i in range(count)]
+    timed = [i for i, (a, b) in enumerate(warm) if a == b]
+    if not timed:
+        raise SystemExit("error: the guard changed every answer; no prompt can be compared")
     sides = {"plain": plain, "guarded": guarded}
     totals = {name: [0, 0.0] for name in sides}
     ratios = []
     for r in range(rounds):
         this = {name: [0, 0.0] for name in sides}
         order = ("plain", "guarded") if r % 2 == 0 else ("guarded", "plain")
-        for i in range(count):
+        for i in timed:
             for name in order:
                 start = time.perf_counter()
                 this[name][0] += sides[name](i)
@@ -77,8 +81,8 @@ def paired(rounds: int, count: int, plain, guarded) -> dict:
             totals[name][1] += t
         ratios.append(_rate(this["guarded"]) / _rate(this["plain"]))
     return {"plain_tok_s": _rate(totals["plain"]), "guarded_tok_s": _rate(totals["guarded"]),
-            "plain_tokens": totals["plain"][0] // rounds,
-            "guarded_tokens": totals["guarded"][0] // rounds,
+            "timed_prompts": len(timed), "tokens_per_round": totals["plain"][0] // rounds,
+            "left_out": [PROMPTS[i] for i in range(count) if i not in timed],
             "ratio": statistics.median(ratios), "ratio_low": min(ratios),
             "ratio_high": max(ratios)}  # fmt: skip
 
@@ -170,9 +174,11 @@ def main() -> None:
         if name in report:
             r = report[name]
             met = "met" if r["ratio"] >= TARGET else "NOT met"
-            print(f"{name:10} {r['plain_tok_s']:12.1f} {r['guarded_tok_s']:14.1f} "
-                  f"{r['ratio']:7.3f}  >= {TARGET} {met} (rounds {r['ratio_low']:.3f}-"
-                  f"{r['ratio_high']:.3f})")  # fmt: skip
+            print(
+                f"{name:10} {r['plain_tok_s']:12.1f} {r['guarded_tok_s']:14.1f} "
+                f"{r['ratio']:7.3f}  >= {TARGET} {met} (rounds {r['ratio_low']:.3f}-"
+                f"{r['ratio_high']:.3f}; {r['timed_prompts']} of {len(PROMPTS)} prompts)"
+            )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
