@@ -15,11 +15,12 @@ models (two BLAS threads fight MLX's own for two cores).
 
 Targets (issue 7): guarded / plain >= 0.95 on both.
 
-Where the guard intervenes (with the demo model: a query refusal of the "hurt my neighbour"
-prompt) the two sides decode different answers of different lengths, and tokens/s would then
-compare different work (each prompt's evaluation shared by more or fewer tokens). So a warm-up
-pass answers every prompt on both sides, and only the prompts that both answer with as many
-tokens are timed; the table names how many, and --out lists the ones left out.
+Where the guard intervenes (with the demo model: query refusals of the lock, "hurt my
+neighbour" and river prompts) the two sides decode different answers of different lengths,
+and tokens/s would then compare different work (each prompt's evaluation shared by more or
+fewer tokens). So a warm-up pass answers every prompt on both sides, and only the prompts that
+both answer with as many tokens are timed; the table names how many, and --out lists the ones
+left out.
 
     python scripts/bench_guard.py --gguf /tmp/export-demo/model-Q4_K_M.gguf \
         [--model DIR --head DIR] [--max-tokens 64] [--out FILE.json]
