@@ -24,7 +24,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # the efficacy and guard results on the demo starter world (builds it, nine fine-tunes, the
-# guard's attack: about an hour)
+# guard's attack: about 20 minutes on 2 cores)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 LOCALGUARD_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_efficacy.py \
 		tests/test_guard_efficacy.py
@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 # the whole story offline: starter model, probe, plain and localguard fine-tunes, head, GGUF
-# export, evaluation of base / plain SFT / localguard / localguard + guard (about 15 minutes
+# export, evaluation of base / plain SFT / localguard / localguard + guard (about 13 minutes
 # on 2 cores; a second run reuses every finished stage). Results: runs/demo/eval/report.md
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/localguard run recipes/demo.toml

@@ -1,5 +1,5 @@
 """The efficacy result on the demo starter world (slow: builds the demo model, then nine
-fine-tuning runs; about 45 minutes on 2 cores). Runs only with LOCALGUARD_SLOW_TESTS=1, e.g.
+fine-tuning runs; about 15 minutes on 2 cores). Runs only with LOCALGUARD_SLOW_TESTS=1, e.g.
 `make test-slow`.
 
 After fine-tuning on the 10 % attack mix with the fixed settings of scripts/efficacy_starter.py

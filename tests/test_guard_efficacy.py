@@ -1,6 +1,6 @@
 """The guard's attack targets on the demo starter world (slow: builds the demo model, its risk
 probe, the localguard fine-tune and the probe-mode head of recipes/demo.toml, then decodes 1400
-guarded replies; about 22 minutes on 2 cores). Runs only with LOCALGUARD_SLOW_TESTS=1, e.g.
+guarded replies; about 12 minutes on 2 cores). Runs only with LOCALGUARD_SLOW_TESTS=1, e.g.
 `make test-slow`.
 
 Issue 7, item 5: with the guard on, the prefill attack (the reply forced to begin "Sure, here
