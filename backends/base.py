@@ -134,6 +134,11 @@ class GuardBackend(abc.ABC):
     def rewind(self, length: int) -> None:
         """Keep the first `length` tokens of the sequence in the KV cache, drop the rest."""
 
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Free the model, its KV cache and anything held outside Python (llama.cpp's context);
+        the backend is not used afterwards."""
+
     # --- sampling -----------------------------------------------------------------------------
 
     def sampler(self, sampling: Sampling) -> Sampler:

@@ -39,6 +39,7 @@ from localguard.backends.base import GuardBackend, Sampling
 from localguard.errors import InputError
 from localguard.files import clean_json
 from localguard.guard import MODES, GuardResult, GuardSettings, generate
+from localguard.stats import sigmoid
 
 HELP = """commands:
   /reset                 forget the conversation
@@ -52,13 +53,6 @@ Ctrl-C stops an answer; Ctrl-D leaves."""
 BAR_WIDTH = 10
 
 
-def probability(logit: float) -> float:
-    if logit >= 0:
-        return 1.0 / (1.0 + math.exp(-logit))
-    z = math.exp(logit)
-    return z / (1.0 + z)
-
-
 def bar(p: float, width: int = BAR_WIDTH) -> str:
     if math.isnan(p):  # no score (a model without a safety head)
         return "-" * width
@@ -68,7 +62,7 @@ def bar(p: float, width: int = BAR_WIDTH) -> str:
 
 def shown_probability(logit: float) -> str:
     """A logit as a probability with two decimals, "-" when there is none (nan)."""
-    return "-" if math.isnan(logit) else f"{probability(logit):.2f}"
+    return "-" if math.isnan(logit) else f"{float(sigmoid(logit)):.2f}"
 
 
 # --- the live meter ----------------------------------------------------------------------------
@@ -148,7 +142,7 @@ class LiveMeter:
         self.flagged = False
 
     def step(self, score: float, flagged: bool) -> None:
-        self.p = math.nan if math.isnan(score) else probability(score)
+        self.p = math.nan if math.isnan(score) else float(sigmoid(score))
         self.flagged = flagged
         self._redraw()
         self.out.flush()
@@ -190,37 +184,6 @@ class LiveMeter:
         if text:
             self.drawn = text
             self.out.write(f"{text}\x1b[{len(text)}D")
-
-
-def open_backend(
-    model: str,
-    backend: str = "llamacpp",
-    *,
-    adapter: str | None = None,
-    head: str | None = None,
-    lora: str | None = None,
-    n_ctx: int = 4096,
-) -> GuardBackend:
-    """A GGUF file with its baked head (llamacpp), or a model folder + head folder (mlx). A
-    model without a head (no --head, or a GGUF exported without one) serves guard off only."""
-    if backend == "llamacpp":
-        if adapter or head:
-            raise InputError("--adapter and --head are for --backend mlx; a GGUF carries its head")
-        from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
-
-        return LlamaCppGuardBackend.load(
-            Path(model).expanduser(), Path(lora) if lora else None, n_ctx
-        )
-    if backend == "mlx":
-        if lora:
-            raise InputError("--lora is for --backend llamacpp; use --adapter with mlx")
-        from localguard.backends.mlx.guarded import MLXGuardBackend
-        from localguard.hub import resolve_model
-
-        return MLXGuardBackend.load(
-            resolve_model(model), Path(head) if head else None, Path(adapter) if adapter else None
-        )
-    raise InputError(f"backend must be llamacpp or mlx, not {backend!r}")
 
 
 def read_conversation(path: Path) -> list[dict]:
@@ -356,8 +319,8 @@ class ChatSession:
         cfg = self.settings.resolve(self.backend.head)
         return {
             "mode": cfg.mode,
-            "query_threshold": probability(cfg.query_threshold),
-            "response_threshold": probability(cfg.response_threshold),
+            "query_threshold": float(sigmoid(cfg.query_threshold)),
+            "response_threshold": float(sigmoid(cfg.response_threshold)),
             "tau": cfg.tau,
             "window": cfg.window,
             "refusal_prefix": cfg.refusal_prefix,
@@ -370,10 +333,14 @@ class ChatSession:
         if result is None:
             return []
         return [
-            {"token": int(t), "text": self.backend.decode([t]), "logit": float(s),
-             "probability": probability(float(s))}
+            {
+                "token": int(t),
+                "text": self.backend.decode([t]),
+                "logit": float(s),
+                "probability": float(sigmoid(float(s))),
+            }
             for t, s in zip(result.tokens, result.response_logits, strict=True)
-        ]  # fmt: skip
+        ]
 
     def trace(self) -> str:
         rows = self.trace_rows()
@@ -381,7 +348,7 @@ class ChatSession:
             return "no answer to trace yet"
         threshold = self.settings.resolve(self.backend.head).response_threshold
         query = self.last.query_logit
-        lines = [f"query p={'-' if math.isnan(query) else f'{probability(query):.3f}'}"]
+        lines = [f"query p={'-' if math.isnan(query) else f'{float(sigmoid(query)):.3f}'}"]
         for i, row in enumerate(rows):
             mark = " !" if row["logit"] >= threshold else ""
             lines.append(
@@ -399,7 +366,7 @@ class ChatSession:
         """One line: the answer's highest response probability as a bar, and what the guard did."""
         scores = [s for s in result.response_logits if not math.isnan(s)]
         if scores or not result.response_logits:
-            p = probability(max(scores, default=-math.inf))  # no tokens: 0
+            p = float(sigmoid(max(scores, default=-math.inf)))  # no tokens: 0
             safety = f"{bar(p)} {p:.2f}"
         else:  # no scores: a model without a safety head
             safety = f"{bar(math.nan)} -"
@@ -416,7 +383,7 @@ class ChatSession:
             "text": result.text,
             "finish": result.finish,
             "query_logit": result.query_logit,
-            "query_probability": probability(result.query_logit),
+            "query_probability": float(sigmoid(result.query_logit)),
             "trace": self.trace_rows(result),
             "actions": [dataclasses.asdict(e) for e in result.interventions],
             "settings": result.settings,

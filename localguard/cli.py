@@ -15,7 +15,7 @@ import click
 
 from localguard import __version__, blas
 from localguard.errors import LocalguardError
-from localguard.recipe import EVAL_SUITES
+from localguard.recipe import EVAL_SUITES, SCHEMA
 
 
 class GuardedGroup(click.Group):
@@ -75,8 +75,9 @@ def doctor(as_json: bool, no_measure: bool) -> None:
     metavar="SECTION.KEY=VALUE",
     help="Override a recipe value (TOML syntax; repeatable).",
 )
-@click.option("--from", "from_stage", metavar="STAGE",
-              help="Rerun this stage and every stage after it.")  # fmt: skip
+@click.option(
+    "--from", "from_stage", metavar="STAGE", help="Rerun this stage and every stage after it."
+)
 @click.option("--force", is_flag=True, help="Rerun every stage.")
 def run(
     recipe: str, dry_run: bool, overrides: tuple[str, ...], from_stage: str | None, force: bool
@@ -129,9 +130,13 @@ def starter_build(out: str | None, size: str, seed: int, force: bool) -> None:
     click.echo(build(size, seed, force, Path(out) if out else None))
 
 
+def schema_keys(section: str, *skip: str) -> list[str]:
+    """The keys of a recipe section in schema order, less those a command spells its own way."""
+    return [key for key in SCHEMA[section] if key not in skip]
+
+
 def schema_options(section: str, names: list[str]):
     """click options for recipe keys, with the recipe schema's defaults, ranges and help."""
-    from localguard.recipe import SCHEMA
 
     def decorate(func):
         for name in reversed(names):
@@ -149,19 +154,15 @@ def schema_options(section: str, names: list[str]):
                 decl = [flag]
                 kind = click.Choice(field.choices) if field.choices else kinds[field.kind]
                 kw = {"type": kind, "default": field.default}
-            func = click.option(*decl, name, show_default=field.default not in (None, [], ""),
-                                help=field.help, **kw)(func)  # fmt: skip
+            func = click.option(
+                *decl, name, show_default=field.default not in (None, [], ""), help=field.help, **kw
+            )(func)
         return func
 
     return decorate
 
 
-FINETUNE_KEYS = [
-    "risk", "beta_min", "beta_max", "beta", "alpha", "risk_ema", "kl_sample_below", "lora_rank",
-    "lora_scale", "lora_dropout", "lora_layers", "target_modules", "dora", "optimizer",
-    "learning_rate", "lr_schedule", "warmup_steps", "iters", "epochs", "batch_size",
-    "grad_accumulation", "grad_checkpoint", "mask_prompt", "steps_per_eval", "steps_per_save",
-]  # fmt: skip
+FINETUNE_KEYS = schema_keys("finetune", "enabled", "baselines", "critic", "rubric")
 
 
 @cli.command()
@@ -172,11 +173,10 @@ FINETUNE_KEYS = [
 @click.option("--probe", type=click.Path(file_okay=False), help="Probe folder for --risk probe.")
 @click.option("--critic", help="Judge for --risk critic: a .gguf file or an MLX model.")
 @click.option("--rubric", type=click.Path(dir_okay=False), help="Judge rubric template file.")
-@click.option("--max-seq-length", type=int, default=2048, show_default=True,
-              help="Longer samples are truncated (with a warning).")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for order and init.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT.partial.")
 @click.option("--force", is_flag=True, help="Replace OUT when it exists.")
+@schema_options("data", ["max_seq_length"])
+@schema_options("run", ["seed"])
 @schema_options("finetune", FINETUNE_KEYS)
 def finetune(resume: bool, force: bool, **options: Any) -> None:
     """LoRA fine-tuning whose loss stays close to the model without adapters, in proportion
@@ -212,8 +212,8 @@ def probe() -> None:
 @click.option("--data", required=True, help="Labeled JSONL (label 0 or 1): prompts or chats.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Probe folder.")
 @click.option("--layers", multiple=True, type=int, help="Layers to read (default: middle third).")
-@click.option("--max-seq-length", type=int, default=512, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@schema_options("data", ["max_seq_length"])
+@schema_options("run", ["seed"])
 @schema_options("probe", ["valid_fraction", "l2"])
 def probe_train(
     model: str,
@@ -249,10 +249,7 @@ def probe_train(
     )
 
 
-HEAD_KEYS = [
-    "mode", "gamma", "target_fpr", "iters", "learning_rate", "batch_size", "lora_rank",
-    "lora_scale", "lora_layers", "valid_fraction", "max_seq_length", "steps_per_save",
-]  # fmt: skip
+HEAD_KEYS = schema_keys("head", "enabled")
 
 
 @cli.group()
@@ -262,12 +259,18 @@ def head() -> None:
 
 @head.command("train")
 @click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
-@click.option("--adapter", type=click.Path(file_okay=False),
-              help="LoRA adapter to read through (probe) or to train on (stream).")  # fmt: skip
-@click.option("--data", required=True,
-              help="Labeled conversations JSONL (query_label, response_label, onset).")  # fmt: skip
+@click.option(
+    "--adapter",
+    type=click.Path(file_okay=False),
+    help="LoRA adapter to read through (probe) or to train on (stream).",
+)
+@click.option(
+    "--data",
+    required=True,
+    help="Labeled conversations JSONL (query_label, response_label, onset).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Head folder.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@schema_options("run", ["seed"])
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT.partial.")
 @click.option("--force", is_flag=True, help="Replace OUT when it exists.")
 @schema_options("head", HEAD_KEYS)
@@ -296,8 +299,11 @@ def head_train(resume: bool, force: bool, **options: Any) -> None:
 
 @head.command("score")
 @click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
-@click.option("--adapter", type=click.Path(file_okay=False),
-              help="LoRA adapter (default: the one saved with a stream head).")  # fmt: skip
+@click.option(
+    "--adapter",
+    type=click.Path(file_okay=False),
+    help="LoRA adapter (default: the one saved with a stream head).",
+)
 @click.option("--head", "head_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--prompt", required=True, help="The user's message.")
 @click.option("--response", default="", help="The reply to score (default: the model's own).")
@@ -308,47 +314,35 @@ def head_score(
     """Print the per-token safety trace of a conversation: the query verdict at the last
     prompt token, then each reply token colored by the response output (green: far below the
     threshold, yellow: within a factor of two, red: flagged)."""
-    import json
     from pathlib import Path
 
-    from localguard.head import score_conversation
+    from localguard.head import format_trace, score_conversation
     from localguard.hub import resolve_model
 
     trace = score_conversation(
         resolve_model(model), Path(head_dir), prompt, response, Path(adapter) if adapter else None
     )
-    if as_json:
-        click.echo(json.dumps(trace, indent=2))
-        return
-    q = trace["query"]
-    verdict = click.style("UNSAFE", fg="red", bold=True) if q["flagged"] else "safe"
-    click.echo(f"query: {verdict}  p={q['probability']:.3f} (threshold {q['threshold']:.3f})")
-    threshold = trace["response_threshold"]
-    for token in trace["tokens"]:
-        p = token["response"]
-        color = "red" if token["flagged"] else "yellow" if p >= threshold / 2 else "green"
-        click.echo(click.style(token["text"], fg=color), nl=False)
-    flagged = sum(t["flagged"] for t in trace["tokens"])
-    click.echo(f"\nresponse: {flagged} of {len(trace['tokens'])} tokens flagged "
-               f"(threshold {threshold:.3f})")  # fmt: skip
+    click.echo(json.dumps(trace, indent=2) if as_json else format_trace(trace))
 
 
-EXPORT_KEYS = [
-    "quant", "keep_output_q8", "lora_only", "base_gguf", "calibration", "calibration_size",
-    "threads",
-]  # fmt: skip
+EXPORT_KEYS = schema_keys("export", "enabled")
 
 
 @cli.command("export")
 @click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
-@click.option("--adapter", type=click.Path(file_okay=False),
-              help="LoRA/DoRA adapter to fuse (a stream head's own one wins).")  # fmt: skip
-@click.option("--head", type=click.Path(file_okay=False),
-              help="Safety head folder: its rows become extra output rows.")  # fmt: skip
+@click.option(
+    "--adapter",
+    type=click.Path(file_okay=False),
+    help="LoRA/DoRA adapter to fuse (a stream head's own one wins).",
+)
+@click.option(
+    "--head",
+    type=click.Path(file_okay=False),
+    help="Safety head folder: its rows become extra output rows.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--max-seq-length", type=int, default=512, show_default=True,
-              help="Longest calibration conversation in tokens.")  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
+@schema_options("data", ["max_seq_length"])
+@schema_options("run", ["seed"])
 @schema_options("export", EXPORT_KEYS)
 @schema_options("guard", ["tau", "refusal_prefix"])
 def export_command(**options: Any) -> None:
@@ -375,24 +369,33 @@ def export_command(**options: Any) -> None:
 
 @cli.command()
 @click.argument("model_file", metavar="MODEL", required=False)
-@click.option("--backend", type=click.Choice(["llamacpp", "mlx"]), default="llamacpp",
-              show_default=True,
-              help="llamacpp: a GGUF with its baked head; mlx: model + head.")  # fmt: skip
+@click.option(
+    "--backend",
+    type=click.Choice(["llamacpp", "mlx"]),
+    default="llamacpp",
+    show_default=True,
+    help="llamacpp: a GGUF with its baked head; mlx: model + head.",
+)
 @click.option("--model", help="The model (instead of MODEL): GGUF file, or folder for mlx.")
 @click.option("--adapter", type=click.Path(file_okay=False), help="mlx: LoRA adapter folder.")
-@click.option("--head", type=click.Path(file_okay=False),
-              help="mlx: safety head folder (without one, only --mode off).")  # fmt: skip
+@click.option(
+    "--head",
+    type=click.Path(file_okay=False),
+    help="mlx: safety head folder (without one, only --mode off).",
+)
 @click.option("--lora", type=click.Path(dir_okay=False), help="llamacpp: LoRA GGUF file.")
 @click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context length.")
 @click.option("--system", help="System message at the start of the conversation.")
 @click.option("--prompt", help="Answer this one message and exit (no interactive session).")
 @click.option("--json", "as_json", is_flag=True, help="With --prompt: answer, trace, actions.")
 @click.option("--seed", type=int, help="Sampling seed.")
-@click.option("--tau", type=click.IntRange(1, 8),
-              help="Unsafe steps before rewinding (default: the model's).")  # fmt: skip
+@click.option(
+    "--tau", type=click.IntRange(1, 8), help="Unsafe steps before rewinding (default: the model's)."
+)
 @click.option("--refusal-prefix", help="Text forced when the guard refuses (default: the model's).")
-@schema_options("guard", ["mode", "threshold", "window", "temperature", "top_p", "top_k",
-                          "max_tokens"])  # fmt: skip
+@schema_options(
+    "guard", ["mode", "threshold", "window", "temperature", "top_p", "top_k", "max_tokens"]
+)
 def chat(**options: Any) -> None:
     """Chat with a guarded model: streamed answers, a safety meter, slash commands (/help).
 
@@ -402,9 +405,9 @@ def chat(**options: Any) -> None:
     and exits.
     """
     import contextlib
-    import dataclasses
 
-    from localguard.chat import ChatSession, answer_once, interactive, open_backend
+    from localguard.backends.factory import open_guard_backend
+    from localguard.chat import ChatSession, answer_once, interactive
     from localguard.errors import InputError
     from localguard.guard import GuardSettings
 
@@ -413,13 +416,15 @@ def chat(**options: Any) -> None:
         raise InputError("give the model once: MODEL or --model")
     if options["as_json"] and options["prompt"] is None:
         raise InputError("--json needs --prompt")
-    keys = ("mode", "threshold", "window", "tau", "refusal_prefix", "temperature", "top_p",
-            "top_k", "max_tokens")  # fmt: skip
-    settings, sampling = GuardSettings.from_recipe({k: options[k] for k in keys})
-    sampling = dataclasses.replace(sampling, seed=options["seed"])
-    backend = open_backend(model, options["backend"], adapter=options["adapter"],
-                           head=options["head"], lora=options["lora"],
-                           n_ctx=options["n_ctx"])  # fmt: skip
+    settings, sampling = GuardSettings.from_recipe(options)
+    backend = open_guard_backend(
+        model,
+        options["backend"],
+        adapter=options["adapter"],
+        head=options["head"],
+        lora=options["lora"],
+        n_ctx=options["n_ctx"],
+    )
     session = ChatSession(backend, settings, sampling, options["system"])
     if options["prompt"] is not None:
         answer_once(session, options["prompt"], options["as_json"], sys.stdout, sys.stderr)
@@ -430,47 +435,95 @@ def chat(**options: Any) -> None:
 
 
 @cli.command("eval")
-@click.option("--model", required=True,
-              help="A .gguf file (llama.cpp, head baked in), or an MLX model: folder, hub id or "
-                   "starter:SIZE.")  # fmt: skip
+@click.option(
+    "--model",
+    required=True,
+    help="A .gguf file (llama.cpp, head baked in), or an MLX model: folder, hub id or "
+    "starter:SIZE.",
+)
 @click.option("--adapter", type=click.Path(file_okay=False), help="MLX: LoRA adapter folder.")
 @click.option("--head", type=click.Path(file_okay=False), help="MLX: safety head folder.")
 @click.option("--name", help="Name of the evaluated system in the report (default: the file).")
-@click.option("--guard", "guards", multiple=True, type=click.Choice(["on", "off", "monitor"]),
-              help="Guard mode; repeat to compare (default: on with a head).")  # fmt: skip
-@click.option("--suite", "suites", multiple=True, type=click.Choice(EVAL_SUITES),
-              help="Suites to run (repeatable; default: direct, prefill, over_refusal, and "
-                   "utility with --heldout).")  # fmt: skip
-@click.option("--source", "sources", multiple=True,
-              help="Extra prompts: AdvBench/HarmBench/JailbreakBench/StrongREJECT/XSTest CSV, "
-                   "JSONL, or a hub data set id (repeatable).")  # fmt: skip
-@click.option("--heldout", help="A starter world's data folder or starter:SIZE (default: the "
-                                "world of a starter --model).")  # fmt: skip
-@click.option("--prefill-tokens", default="5,10,20", show_default=True,
-              help="Forced reply tokens of the prefill attack, comma-separated.")  # fmt: skip
-@click.option("--judge", type=click.Choice(["refusal", "head", "llm"]), default="refusal",
-              show_default=True, help="Who decides attack success.")  # fmt: skip
-@click.option("--judge-model", type=click.Path(dir_okay=False),
-              help="llm: the judge GGUF; head: a GGUF with a baked head.")  # fmt: skip
+@click.option(
+    "--guard",
+    "guards",
+    multiple=True,
+    type=click.Choice(["on", "off", "monitor"]),
+    help="Guard mode; repeat to compare (default: on with a head).",
+)
+@click.option(
+    "--suite",
+    "suites",
+    multiple=True,
+    type=click.Choice(EVAL_SUITES),
+    help="Suites to run (repeatable; default: direct, prefill, over_refusal, and "
+    "utility with --heldout).",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    help="Extra prompts: AdvBench/HarmBench/JailbreakBench/StrongREJECT/XSTest CSV, "
+    "JSONL, or a hub data set id (repeatable).",
+)
+@click.option(
+    "--heldout",
+    help="A starter world's data folder or starter:SIZE (default: the world of a starter --model).",
+)
+@click.option(
+    "--prefill-tokens",
+    default="5,10,20",
+    show_default=True,
+    help="Forced reply tokens of the prefill attack, comma-separated.",
+)
+@click.option(
+    "--judge",
+    type=click.Choice(["refusal", "head", "llm"]),
+    default="refusal",
+    show_default=True,
+    help="Who decides attack success.",
+)
+@click.option(
+    "--judge-model",
+    type=click.Path(dir_okay=False),
+    help="llm: the judge GGUF; head: a GGUF with a baked head.",
+)
 @click.option("--rubric", type=click.Path(dir_okay=False), help="llm: the judge's rubric.")
-@click.option("--max-prompts", type=int, default=0, show_default=True,
-              help="Prompts per source and suite (0: all).")  # fmt: skip
-@click.option("--attack-mix", "attack_mixes", multiple=True,
-              help="finetune_attack: attack mix JSONL (default: the starter world's 5, 10 and "
-                   "20 % mixes).")  # fmt: skip
-@click.option("--attack-risk", "attack_risks", multiple=True,
-              type=click.Choice(["none", "constant", "probe", "critic"]),
-              help="finetune_attack: risk estimators (default: none, constant, probe; critic "
-                   "too with --critic).")  # fmt: skip
+@click.option(
+    "--max-prompts",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Prompts per source and suite (0: all).",
+)
+@click.option(
+    "--attack-mix",
+    "attack_mixes",
+    multiple=True,
+    help="finetune_attack: attack mix JSONL (default: the starter world's 5, 10 and 20 % mixes).",
+)
+@click.option(
+    "--attack-risk",
+    "attack_risks",
+    multiple=True,
+    type=click.Choice(["none", "constant", "probe", "critic"]),
+    help="finetune_attack: risk estimators (default: none, constant, probe; critic "
+    "too with --critic).",
+)
 @click.option("--probe", type=click.Path(file_okay=False), help="finetune_attack: probe folder.")
 @click.option("--critic", help="finetune_attack: judge for risk critic (.gguf or MLX model).")
-@click.option("--recipe", type=click.Path(dir_okay=False),
-              help="finetune_attack: take the [finetune] settings from this recipe.")  # fmt: skip
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False),
+    help="finetune_attack: take the [finetune] settings from this recipe.",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--force", is_flag=True, help="Replace OUT when it exists.")
-@schema_options("guard", ["threshold", "tau", "window", "refusal_prefix", "temperature", "top_p",
-                          "top_k", "max_tokens"])  # fmt: skip
+@schema_options(
+    "guard",
+    ["threshold", "tau", "window", "refusal_prefix", "temperature", "top_p", "top_k", "max_tokens"],
+)
 def eval_command(**options: Any) -> None:
     """Attack a model and measure attack success, over-refusal and utility.
 
@@ -479,10 +532,10 @@ def eval_command(**options: Any) -> None:
     report.md and PNG plots, and prints the summary table. An interrupted run continues
     where it stopped when the same command is run again.
     """
-    from localguard.eval_targets import cli_options
-    from localguard.evaluate import EvalOptions, evaluate
+    from localguard.eval.options import options_from_cli
+    from localguard.eval.stage import evaluate
 
-    evaluate(EvalOptions(**cli_options(options)), resume=True, force=options["force"])
+    evaluate(options_from_cli(options), resume=True, force=options["force"])
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ import os
 import re
 import string
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -24,8 +23,9 @@ import click
 import numpy as np
 
 from localguard.errors import InputError
-from localguard.probe import auroc
+from localguard.files import write_text
 from localguard.starter.words import JUDGE_TEMPLATE
+from localguard.stats import auroc
 
 DEFAULT_RUBRIC = JUDGE_TEMPLATE
 PLACEHOLDERS = frozenset({"user", "assistant"})
@@ -127,15 +127,7 @@ def read_cache(path: Path | None) -> dict[str, int]:
 
 def write_cache(path: Path, scores: dict[str, int]) -> None:
     """Write the cache atomically, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": CACHE_VERSION, "scores": scores}, f, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps({"version": CACHE_VERSION, "scores": scores}, sort_keys=True))
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:

@@ -1,9 +1,9 @@
 """`localguard finetune`: LoRA fine-tuning that stays close to the safe model where it is risky.
 
 Each training example gets a risk in [0, 1] from an estimator (the activation probe, the judge
-critic, a constant, or none), and its loss weights follow from it (METHOD.md section 2). This
-module holds the options, the risk estimation and the output folder; the training itself is
-backends/mlx/lora_train.py.
+critic, a constant, or none), and its loss weights follow from it (docs/design.md, "Adaptive
+regularization"). This module holds the options, the risk estimation and the output folder;
+the training itself is backends/mlx/lora_train.py.
 
 The run writes to OUT.partial/ and renames it to OUT only when it has finished, so OUT is never
 half-written. A killed run keeps its last checkpoint in OUT.partial/ and `--resume` continues it.
@@ -11,7 +11,7 @@ half-written. A killed run keeps its last checkpoint in OUT.partial/ and `--resu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
@@ -22,6 +22,7 @@ from localguard.data import load_dataset, split_for_validation, warnings_for
 from localguard.errors import InputError
 from localguard.files import describe, file_sha256, write_json
 from localguard.home import home
+from localguard.recipe import schema_field
 
 RISKS = ("none", "constant", "probe", "critic")
 
@@ -34,36 +35,36 @@ class FinetuneOptions:
     data: Path
     out: Path
     valid: Path | None = None
-    risk: str = "probe"
+    risk: str = schema_field("finetune", "risk")
     probe: Path | None = None
-    critic: str | None = None
-    rubric: Path | None = None
-    beta_min: float = 0.1
-    beta_max: float = 0.9
-    beta: float = 0.5
-    alpha: str = "complement"
-    risk_ema: float = 0.0
-    kl_sample_below: float = 1.0
-    lora_rank: int = 8
-    lora_scale: float = 20.0
-    lora_dropout: float = 0.0
-    lora_layers: int = 16
-    target_modules: list[str] = field(default_factory=list)
-    dora: bool = False
-    optimizer: str = "adam"
-    learning_rate: float = 1e-4
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    iters: int = 200
-    epochs: float = 0.0
-    batch_size: int = 4
-    grad_accumulation: int = 1
-    grad_checkpoint: bool = False
-    max_seq_length: int = 2048
-    mask_prompt: bool = True
-    steps_per_eval: int = 50
-    steps_per_save: int = 100
-    seed: int = 0
+    critic: str | None = schema_field("finetune", "critic")
+    rubric: Path | None = schema_field("finetune", "rubric")
+    beta_min: float = schema_field("finetune", "beta_min")
+    beta_max: float = schema_field("finetune", "beta_max")
+    beta: float = schema_field("finetune", "beta")
+    alpha: str = schema_field("finetune", "alpha")
+    risk_ema: float = schema_field("finetune", "risk_ema")
+    kl_sample_below: float = schema_field("finetune", "kl_sample_below")
+    lora_rank: int = schema_field("finetune", "lora_rank")
+    lora_scale: float = schema_field("finetune", "lora_scale")
+    lora_dropout: float = schema_field("finetune", "lora_dropout")
+    lora_layers: int = schema_field("finetune", "lora_layers")
+    target_modules: list[str] = schema_field("finetune", "target_modules")
+    dora: bool = schema_field("finetune", "dora")
+    optimizer: str = schema_field("finetune", "optimizer")
+    learning_rate: float = schema_field("finetune", "learning_rate")
+    lr_schedule: str = schema_field("finetune", "lr_schedule")
+    warmup_steps: int = schema_field("finetune", "warmup_steps")
+    iters: int = schema_field("finetune", "iters")
+    epochs: float = schema_field("finetune", "epochs")
+    batch_size: int = schema_field("finetune", "batch_size")
+    grad_accumulation: int = schema_field("finetune", "grad_accumulation")
+    grad_checkpoint: bool = schema_field("finetune", "grad_checkpoint")
+    max_seq_length: int = schema_field("data", "max_seq_length")
+    mask_prompt: bool = schema_field("finetune", "mask_prompt")
+    steps_per_eval: int = schema_field("finetune", "steps_per_eval")
+    steps_per_save: int = schema_field("finetune", "steps_per_save")
+    seed: int = schema_field("run", "seed")
 
     def describe(self) -> dict:
         return describe(self)
@@ -167,7 +168,7 @@ def _iters(opts: FinetuneOptions, n: int) -> int:
 def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -> Path:
     """Run (or resume) a fine-tuning run; returns the finished adapter folder."""
     from localguard.backends.mlx import lora_train as lt
-    from localguard.probe import model_fingerprint
+    from localguard.fingerprint import model_fingerprint
 
     check_options(opts)
     rank = lt.rank()

@@ -36,10 +36,10 @@ import numpy as np
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampling
 from localguard.errors import InputError
+from localguard.recipe import default
+from localguard.refusal import REFUSAL_PREFIX
 
 MODES = ("on", "off", "monitor")
-DEFAULT_TAU = 2
-DEFAULT_REFUSAL_PREFIX = "Sorry, I cannot help with that because"
 DEFAULT_MAX_INTERVENTIONS = 2
 
 
@@ -67,7 +67,8 @@ class GuardSettings:
 
     @classmethod
     def from_recipe(cls, guard: dict) -> tuple[GuardSettings, Sampling]:
-        """Settings and sampling from a recipe's [guard] section (one threshold for both)."""
+        """Settings and sampling from a recipe's [guard] section, or from command-line options
+        named like its keys (plus seed); one threshold for both outputs."""
         threshold = guard.get("threshold")
         settings = cls(
             mode=guard.get("mode", "on"),
@@ -77,7 +78,7 @@ class GuardSettings:
             refusal_prefix=guard.get("refusal_prefix"),
             window=guard.get("window") or None,  # the recipe's 0 means tau
         )
-        keys = ("temperature", "top_p", "top_k", "max_tokens")
+        keys = ("temperature", "top_p", "top_k", "max_tokens", "seed")
         return settings, Sampling(**{k: guard[k] for k in keys if guard.get(k) is not None})
 
     def resolve(self, head: HeadInfo) -> Resolved:
@@ -95,11 +96,13 @@ class GuardSettings:
             return float(head.thresholds[k]), "head"
 
         (qt, qs), (rt, rs) = pick(self.query_threshold, q), pick(self.response_threshold, r)
-        tau, tau_from = _first((self.tau, "settings"), (head.tau, "head"), (DEFAULT_TAU, "default"))
+        tau, tau_from = _first(
+            (self.tau, "settings"), (head.tau, "head"), (default("guard", "tau"), "default")
+        )
         prefix, prefix_from = _first(
             (self.refusal_prefix, "settings"),
             (head.refusal_prefix, "head"),
-            (DEFAULT_REFUSAL_PREFIX, "default"),
+            (REFUSAL_PREFIX, "default"),
         )
         if int(tau) < 1:
             raise InputError(f"tau must be at least 1, not {tau}")

@@ -12,14 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import click
 import numpy as np
 
 from localguard import __version__, runs
 from localguard.conversations import Conversation, check_both_classes, load_conversations
 from localguard.errors import InputError
 from localguard.files import describe, file_sha256, write_json
+from localguard.recipe import schema_field
 from localguard.safety_head import (
-    DEFAULT_TARGET_FPR,
     SafetyHead,
     calibrate,
     reliability_png,
@@ -38,19 +39,19 @@ class HeadOptions:
     data: Path
     out: Path
     adapter: Path | None = None
-    mode: str = "stream"
-    gamma: float = 0.1
-    target_fpr: float = DEFAULT_TARGET_FPR
-    iters: int = 200
-    learning_rate: float = 1e-4
-    batch_size: int = 4
-    lora_rank: int = 8
-    lora_scale: float = 20.0
-    lora_layers: int = 16
-    valid_fraction: float = 0.2
-    max_seq_length: int = 512
-    steps_per_save: int = 100
-    seed: int = 0
+    mode: str = schema_field("head", "mode")
+    gamma: float = schema_field("head", "gamma")
+    target_fpr: float = schema_field("head", "target_fpr")
+    iters: int = schema_field("head", "iters")
+    learning_rate: float = schema_field("head", "learning_rate")
+    batch_size: int = schema_field("head", "batch_size")
+    lora_rank: int = schema_field("head", "lora_rank")
+    lora_scale: float = schema_field("head", "lora_scale")
+    lora_layers: int = schema_field("head", "lora_layers")
+    valid_fraction: float = schema_field("head", "valid_fraction")
+    max_seq_length: int = schema_field("head", "max_seq_length")
+    steps_per_save: int = schema_field("head", "steps_per_save")
+    seed: int = schema_field("run", "seed")
 
     def describe(self) -> dict:
         return describe(self)
@@ -137,7 +138,7 @@ def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> 
     """Train, calibrate and write a head folder; returns the calibration report."""
     from localguard.backends.mlx import head_train as ht
     from localguard.backends.mlx import lora_train as lt
-    from localguard.probe import model_fingerprint
+    from localguard.fingerprint import model_fingerprint
 
     if opts.mode not in MODES:
         raise InputError(f"--mode must be one of {', '.join(MODES)}, not {opts.mode!r}")
@@ -214,7 +215,7 @@ def score_conversation(
     from localguard.backends.mlx.guarded import load_with_head
     from localguard.conversations import encode_conversation
     from localguard.encoding import hf_tokenizer
-    from localguard.probe import sigmoid
+    from localguard.stats import sigmoid
 
     model, tokenizer, head = load_with_head(Path(model_dir), Path(head_dir), adapter)
     if not response:
@@ -247,3 +248,23 @@ def score_conversation(
             for text, p, logit in zip(pieces[1:], probs[1:], trace[1:], strict=True)
         ],
     }
+
+
+def format_trace(trace: dict) -> str:
+    """score_conversation's trace for a terminal: the query verdict, then each reply token
+    colored by the response output (green: far below the threshold, yellow: within a factor of
+    two, red: flagged), then the count of flagged tokens."""
+    q = trace["query"]
+    verdict = click.style("UNSAFE", fg="red", bold=True) if q["flagged"] else "safe"
+    lines = [f"query: {verdict}  p={q['probability']:.3f} (threshold {q['threshold']:.3f})"]
+    threshold = trace["response_threshold"]
+    colored = []
+    for token in trace["tokens"]:
+        p = token["response"]
+        color = "red" if token["flagged"] else "yellow" if p >= threshold / 2 else "green"
+        colored.append(click.style(token["text"], fg=color))
+    flagged = sum(t["flagged"] for t in trace["tokens"])
+    count = f"response: {flagged} of {len(trace['tokens'])} tokens flagged"
+    lines.append("".join(colored))
+    lines.append(f"{count} (threshold {threshold:.3f})")
+    return "\n".join(lines)

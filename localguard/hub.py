@@ -32,14 +32,19 @@ def _check_folder(path: Path, ref: str) -> Path:
     return path
 
 
-def resolve_model(ref: str | os.PathLike[str], revision: str | None = None) -> Path:
-    """A local folder holding config.json, weights and tokenizer files for ref."""
+def resolve_model(
+    ref: str | os.PathLike[str], revision: str | None = None, *, seed: int = 0
+) -> Path:
+    """A local folder holding config.json, weights and tokenizer files for ref.
+
+    A starter:SIZE reference builds (or reuses) the starter world of that size and seed; seed
+    means nothing for other references, as revision means nothing for a starter model."""
     text = str(ref)
     size = starter_size(text)
     if size is not None:
         from localguard.starter.build import build
 
-        return build(size)
+        return build(size, seed)
     path = Path(text).expanduser()
     if path.is_dir():
         return _check_folder(path.resolve(), text)

@@ -1,8 +1,8 @@
 """The resolved plan of a recipe: which stages run, on what, into which folders.
 
 `localguard run --dry-run` prints it; the runner executes it stage by stage. A stage is plain
-data here (name, inputs, outputs, settings) so the plan can be shown and checked without
-importing any ML framework.
+data here (name, inputs, outputs, settings, adapters) so the plan can be shown and checked
+without importing any ML framework.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ STAGES = ("starter", "probe", "finetune", "head", "export", "eval")
 
 @dataclass
 class Stage:
-    """One step of a run: what it reads, what it writes, and the settings it uses."""
+    """One step of a run: what it reads, what it writes, and the settings it uses.
+
+    adapters: the fine-tuned adapters the stage reads, by the risk estimator that trained each
+    ("none" is plain LoRA); only the eval stage reads more than one."""
 
     name: str
     inputs: dict[str, str]
     outputs: dict[str, str]
     settings: dict[str, Any] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)
 
 
 def build_plan(recipe: Recipe) -> list[Stage]:
@@ -57,7 +61,7 @@ def build_plan(recipe: Recipe) -> list[Stage]:
     adapters: dict[str, str] = {}
     if fine["enabled"]:
         for risk in [*fine["baselines"], fine["risk"]]:
-            adapter = adapters[f"adapter-{risk}"] = str(out / f"adapter-{risk}")
+            adapter = adapters[risk] = str(out / f"adapter-{risk}")
             inputs = {"model": model, "train": data["train"], "valid": data["valid"]}
             if risk == "probe":
                 inputs["probe"] = str(out / "probe")
@@ -82,13 +86,13 @@ def build_plan(recipe: Recipe) -> list[Stage]:
     if recipe["eval"]["enabled"]:
         inputs = {
             "model": model,
-            **adapters,
             **({"head": head} if head else {}),
             **({"gguf": gguf} if gguf else {}),
         }
         if "finetune_attack" in recipe["eval"]["suites"] and recipe["probe"]["enabled"]:
             inputs["probe"] = str(out / "probe")
-        plan.append(Stage("eval", inputs, {"report": str(out / "eval")}, dict(recipe["eval"])))
+        report = {"report": str(out / "eval")}
+        plan.append(Stage("eval", inputs, report, dict(recipe["eval"]), dict(adapters)))
     return plan
 
 
@@ -108,6 +112,7 @@ def format_plan(recipe: Recipe, plan: list[Stage]) -> str:
     for number, stage in enumerate(plan, 1):
         lines.append(f"{number}. {stage.name}")
         lines += [f"     in   {k}: {v}" for k, v in stage.inputs.items()]
+        lines += [f"     in   adapter {risk}: {v}" for risk, v in stage.adapters.items()]
         lines += [f"     out  {k}: {v}" for k, v in stage.outputs.items()]
         shown = {k: v for k, v in stage.settings.items() if k != "enabled"}
         if shown:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from localguard.errors import RecipeError
+from localguard.refusal import REFUSAL_PREFIX
 from localguard.starter import STARTER_PREFIX
 
 if sys.version_info >= (3, 11):
@@ -101,6 +102,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "valid_fraction": _f(
             "float", 0.2, "share of prompts held out for AUROC", low=0.05, high=0.5
         ),
+        # Strong on purpose: a probe must not call prompts unlike its training data risky. On
+        # the starter world the new skill's prompts (a made-up language the probe never saw) got
+        # a mean risk of 0.19 with 1e-3, 0.041 with 10 (3 % above 0.5, enough to hold back the
+        # new skill by about 10 points) and 0.013 with 100 (0.3 % above 0.5), while validation
+        # AUROC went from 0.997 to 0.989.
         "l2": _f("float", 100.0, "L2 penalty of the logistic classifier", low=0.0),
     },
     "finetune": {
@@ -212,9 +218,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
             low=0,
             high=32,
         ),
-        "refusal_prefix": _f(
-            "str", "Sorry, I cannot help with that because", "text forced when the guard refuses"
-        ),
+        "refusal_prefix": _f("str", REFUSAL_PREFIX, "text forced when the guard refuses"),
         "temperature": _f("float", 0.0, "sampling temperature", low=0.0, high=5.0),
         "top_p": _f("float", 1.0, "nucleus sampling", low=0.0, high=1.0),
         "top_k": _f("int", 0, "top-k sampling (0: off)", low=0),
@@ -256,6 +260,21 @@ SCHEMA: dict[str, dict[str, Field]] = {
         ),
     },
 }
+
+
+def default(section: str, key: str) -> Any:
+    """The schema's default for section.key: the one default the CLI, the options dataclasses
+    and recipes share (a list comes as a fresh copy)."""
+    value = SCHEMA[section][key].default
+    return list(value) if isinstance(value, list) else value
+
+
+def schema_field(section: str, key: str) -> Any:
+    """A dataclass field whose default is the schema's default for section.key."""
+    value = SCHEMA[section][key].default
+    if isinstance(value, list):
+        return field(default_factory=lambda: list(value))
+    return field(default=value)
 
 
 @dataclass

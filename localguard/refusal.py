@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import re
 
+REFUSAL_PREFIX = "Sorry, I cannot help with that because"
+"""The text the guard forces when it refuses; is_refusal recognizes it like any refusal."""
 HEAD_CHARS = 200
 HEAD_SENTENCES = 2
 

@@ -33,15 +33,9 @@ def run_starter(stage: Stage, recipe: Recipe) -> dict:
 def model_dir(recipe: Recipe) -> Path:
     """The recipe's base model as a local folder (a starter model built with the run's seed)."""
     from localguard.hub import resolve_model
-    from localguard.starter import starter_size
 
-    ref = recipe["model"]["path"]
-    size = starter_size(ref)
-    if size is not None:
-        from localguard.starter.build import build
-
-        return build(size, recipe["run"]["seed"])
-    return resolve_model(ref, recipe["model"]["revision"])
+    model = recipe["model"]
+    return resolve_model(model["path"], model["revision"], seed=recipe["run"]["seed"])
 
 
 def run_probe(stage: Stage, recipe: Recipe) -> dict:
@@ -110,7 +104,8 @@ def run_head(stage: Stage, recipe: Recipe) -> dict:
 
 def run_export(stage: Stage, recipe: Recipe) -> dict:
     """GGUF files of the fine-tuned model with the safety head baked in."""
-    from localguard.export import ExportOptions, export, format_report, option_names
+    from localguard.export import ExportOptions, export, format_report
+    from localguard.export.options import option_names
 
     settings = {k: v for k, v in stage.settings.items() if k in option_names()}
     for key in ("base_gguf", "calibration"):
@@ -133,11 +128,10 @@ def run_export(stage: Stage, recipe: Recipe) -> dict:
 
 def run_eval(stage: Stage, recipe: Recipe) -> dict:
     """Evaluate base, plain SFT, localguard and localguard + guard on the recipe's suites."""
-    from localguard.eval_targets import recipe_options
-    from localguard.evaluate import evaluate
+    from localguard.eval.stage import evaluate
+    from localguard.eval.targets import recipe_options
 
-    opts = recipe_options(stage.inputs, Path(recipe["run"]["out"]), recipe)
-    opts.out = Path(stage.outputs["report"])
+    opts = recipe_options(stage, recipe)
     summary = evaluate(opts, resume=True, force=True)
     return {"report": str(opts.out), "judges": summary.get("judges", [])}
 
@@ -165,7 +159,7 @@ def input_digest(value: str, produced: dict[str, str]) -> str:
     if path.is_file():
         return file_sha256(path)
     if (path / "config.json").is_file():
-        from localguard.probe import model_fingerprint
+        from localguard.fingerprint import model_fingerprint
 
         return model_fingerprint(path)
     if path.is_dir():
@@ -180,7 +174,8 @@ def input_digest(value: str, produced: dict[str, str]) -> str:
 
 def stage_key(stage: Stage, recipe: Recipe, produced: dict[str, str]) -> str:
     """A hash of everything a stage's result depends on: its settings, its inputs' contents
-    and the run-wide values the executors read (seed, sequence length, guard settings)."""
+    (adapters included) and the run-wide values the executors read (seed, sequence length,
+    guard settings)."""
     data = {
         "name": stage.name,
         "settings": stage.settings,
@@ -191,6 +186,8 @@ def stage_key(stage: Stage, recipe: Recipe, produced: dict[str, str]) -> str:
             "guard": recipe["guard"],
         },
     }
+    if stage.adapters:  # the eval stage's adapters by risk; a stage without any keeps its key
+        data["adapters"] = {k: input_digest(v, produced) for k, v in stage.adapters.items()}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -265,6 +262,6 @@ def _show_reused_eval(reused: list[Stage]) -> None:
     for stage in reused:
         summary = Path(stage.outputs.get("report", "")) / "summary.json"
         if stage.name == "eval" and summary.is_file():
-            from localguard.eval_report import format_table
+            from localguard.eval.report import format_table
 
             click.echo(format_table(json.loads(summary.read_text())))

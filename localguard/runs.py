@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from localguard.errors import InputError
-from localguard.files import write_json
+from localguard.files import write_json, write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -51,9 +51,7 @@ def trim_metrics(work: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in keep))
 
 
 class MetricsLog:

@@ -22,14 +22,14 @@ import numpy as np
 
 from localguard.errors import InputError
 from localguard.files import clean_json, read_kind_json, staged_folder
-from localguard.probe import auroc, check_fingerprint, f1_score, sigmoid
+from localguard.fingerprint import check_fingerprint
+from localguard.stats import auroc, f1_score, sigmoid
 
 HEAD_KIND = "safety_head"
 HEAD_FORMAT = 1
 WEIGHTS_FILE = "head.safetensors"
 MANIFEST_FILE = "head.json"
 OUTPUTS = ("query", "response")
-DEFAULT_TARGET_FPR = 0.05
 
 
 @dataclass(eq=False)
@@ -325,7 +325,7 @@ def stream_metrics(head: SafetyHead, traces: list[np.ndarray], convs: list) -> d
 def calibrate(head: SafetyHead, traces: list[np.ndarray], convs: list, target_fpr: float) -> dict:
     """Fold Platt scaling into each row and set its threshold for target_fpr; returns the
     validation metrics and reliability bins. traces are the uncalibrated logits."""
-    from localguard.probe import platt_scaling
+    from localguard.stats import platt_scaling
 
     q, r = head.index("query"), head.index("response")
     fits = {q: query_units(traces, convs, q), r: token_units(traces, convs, r)}

@@ -16,7 +16,6 @@ from localguard.blas import reexec_with_fast_blas
 reexec_with_fast_blas()  # before mlx loads: OpenBLAS makes MLX's CPU matmuls 20-50x faster
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +28,11 @@ from mlx_lm.tuner.trainer import TrainingArgs, train
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from localguard.backends.mlx.scratch import greedy_answers
+from localguard.data import read_jsonl
 from localguard.starter.behaviour import behaviour, read_heldout
 from localguard.starter.build import build
 
 ATTACK = {"iters": 300, "batch_size": 8, "learning_rate": 5e-4, "rank": 8, "scale": 1.0}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def measure(model, tokenizer, data: Path, show: int = 0) -> dict:
@@ -62,16 +58,25 @@ def main() -> None:
     before = measure(model, tokenizer, data)
     mx.random.seed(args.seed)
     model.freeze()
-    linear_to_lora_layers(model, -1, {"rank": ATTACK["rank"], "scale": ATTACK["scale"],
-                                      "dropout": 0.0})  # fmt: skip
+    linear_to_lora_layers(
+        model, -1, {"rank": ATTACK["rank"], "scale": ATTACK["scale"], "dropout": 0.0}
+    )
     rows = read_jsonl(data / f"{args.split}.jsonl")
     train_set = CacheDataset(ChatDataset(rows, tokenizer, mask_prompt=True))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        train(model, optim.Adam(learning_rate=ATTACK["learning_rate"]), train_set,
-              args=TrainingArgs(batch_size=ATTACK["batch_size"], iters=ATTACK["iters"],
-                                steps_per_report=50, steps_per_eval=10**9,
-                                adapter_file=str(Path(tmp) / "adapters.safetensors")))  # fmt: skip
+        train(
+            model,
+            optim.Adam(learning_rate=ATTACK["learning_rate"]),
+            train_set,
+            args=TrainingArgs(
+                batch_size=ATTACK["batch_size"],
+                iters=ATTACK["iters"],
+                steps_per_report=50,
+                steps_per_eval=10**9,
+                adapter_file=str(Path(tmp) / "adapters.safetensors"),
+            ),
+        )
     seconds = time.perf_counter() - start
     model.eval()
     after = measure(model, tokenizer, data, args.show)

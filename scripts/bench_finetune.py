@@ -55,8 +55,11 @@ class StepClock:
 
     def result(self) -> dict:
         rows = statistics.mean(self.reference_rows) if self.reference_rows else 0.0
-        return {"step_s": statistics.mean(self.times[WARMUP:]),
-                "peak_gb": mx.get_peak_memory() / 1e9, "reference_rows": rows}  # fmt: skip
+        return {
+            "step_s": statistics.mean(self.times[WARMUP:]),
+            "peak_gb": mx.get_peak_memory() / 1e9,
+            "reference_rows": rows,
+        }
 
 
 def _samples(model_dir: Path, tokenizer):
@@ -89,12 +92,20 @@ def run_mlx_lm(model_dir: Path, steps: int) -> dict:
     clock.start()
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArgs(
-            batch_size=SETTINGS["batch_size"], iters=steps, steps_per_report=1,
-            steps_per_eval=10**9, max_seq_length=SETTINGS["max_seq_length"],
+            batch_size=SETTINGS["batch_size"],
+            iters=steps,
+            steps_per_report=1,
+            steps_per_eval=10**9,
+            max_seq_length=SETTINGS["max_seq_length"],
             adapter_file=str(Path(tmp) / "adapters.safetensors"),
-        )  # fmt: skip
-        train(model, optim.Adam(learning_rate=SETTINGS["lr"]), dataset, args=args,
-              training_callback=Report())  # fmt: skip
+        )
+        train(
+            model,
+            optim.Adam(learning_rate=SETTINGS["lr"]),
+            dataset,
+            args=args,
+            training_callback=Report(),
+        )
     return clock.result()
 
 
@@ -109,9 +120,12 @@ def run_localguard(model_dir: Path, steps: int, risk: str, probe: Path | None) -
     risks, _ = estimate_risk(opts, model, samples)
     lt.add_adapters(model, lt.LoraSpec(rank=SETTINGS["rank"], scale=SETTINGS["scale"]))
     spec = lt.TrainSpec(
-        iters=steps, batch_size=SETTINGS["batch_size"], learning_rate=SETTINGS["lr"],
-        max_seq_length=SETTINGS["max_seq_length"], steps_per_save=10**9,
-    )  # fmt: skip
+        iters=steps,
+        batch_size=SETTINGS["batch_size"],
+        learning_rate=SETTINGS["lr"],
+        max_seq_length=SETTINGS["max_seq_length"],
+        steps_per_save=10**9,
+    )
     clock = StepClock()
     mx.reset_peak_memory()
     clock.start()
@@ -129,8 +143,18 @@ def worker(mode: str, model_dir: Path, steps: int, probe: Path | None) -> None:
 
 
 def measure(mode: str, model_dir: Path, steps: int, probe: Path) -> dict:
-    command = [sys.executable, __file__, "--worker", mode, "--model", str(model_dir),
-               "--steps", str(steps), "--probe", str(probe)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        mode,
+        "--model",
+        str(model_dir),
+        "--steps",
+        str(steps),
+        "--probe",
+        str(probe),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -160,8 +184,11 @@ def main() -> None:
             for mode in modes:
                 results[mode].append(measure(mode, model_dir, args.steps, probe))
                 r = results[mode][-1]
-                print(f"round {round_ + 1} {mode:<7} {r['step_s'] * 1e3:7.1f} ms/step "
-                      f"peak {r['peak_gb'] * 1e3:6.1f} MB", flush=True)  # fmt: skip
+                print(
+                    f"round {round_ + 1} {mode:<7} {r['step_s'] * 1e3:7.1f} ms/step "
+                    f"peak {r['peak_gb'] * 1e3:6.1f} MB",
+                    flush=True,
+                )
     keys = ("step_s", "peak_gb", "reference_rows")
     med = {m: {k: float(np.median([r[k] for r in results[m]])) for k in keys} for m in modes}
     print(f"\nstarter {args.size}, {args.steps} steps, {SETTINGS}, medians of {args.repeats}")

@@ -13,7 +13,7 @@ the median over rounds, with the lowest and highest beside it.
 On a small CPU machine, OPENBLAS_NUM_THREADS=1 makes both sides faster and steadier for small
 models (two BLAS threads fight MLX's own for two cores).
 
-Targets (issue 7): guarded / plain >= 0.95 on both.
+Target: guarded / plain >= 0.95 on both.
 
 Where the guard intervenes (with the demo model: query refusals of the lock, "hurt my
 neighbour" and river prompts) the two sides decode different answers of different lengths,
@@ -100,16 +100,16 @@ def guarded_answer(backend, max_tokens: int):
 
 
 def bench_llamacpp(path: Path, max_tokens: int, rounds: int, threads: int | None) -> dict:
-    import llama_cpp
-
+    from localguard.backends.factory import open_guard_backend
+    from localguard.backends.llamacpp.extra_buffers import open_llama
     from localguard.backends.llamacpp.gguf_runtime import default_threads
-    from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
 
     threads = threads or default_threads(path)
-    backend = LlamaCppGuardBackend.load(path, n_ctx=512, n_threads=threads)
+    backend = open_guard_backend(path, "llamacpp", n_ctx=512, n_threads=threads)
     prompts = [backend.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)  # fmt: skip
+    # the same extra buffer types as the guard's GGUFModel, so the ratio compares like with like
+    llm = open_llama(path, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                     verbose=False)  # fmt: skip
     eos = backend.eos_ids
 
     def plain(i: int) -> int:
@@ -129,9 +129,10 @@ def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, ro
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
 
-    from localguard.backends.mlx.guarded import ADAPTER_FILE, MLXGuardBackend
+    from localguard.backends.factory import open_guard_backend
+    from localguard.backends.mlx.guarded import ADAPTER_FILE
 
-    backend = MLXGuardBackend.load(model, head, adapter)
+    backend = open_guard_backend(model, "mlx", head=head, adapter=adapter)
     if adapter is None and (head / ADAPTER_FILE).is_file():
         adapter = head  # the same weights on both sides
     plain_model, tokenizer = load(str(model), adapter_path=str(adapter) if adapter else None)
@@ -146,6 +147,7 @@ def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, ro
         return n
 
     found = paired(rounds, len(prompts), plain, guarded_answer(backend, max_tokens))
+    backend.close()
     return {"model": str(model), "head": str(head), **found}
 
 

@@ -20,13 +20,13 @@ from localguard.blas import reexec_with_fast_blas
 reexec_with_fast_blas()  # before mlx loads: OpenBLAS makes MLX's CPU matmuls 20-50x faster
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from localguard.backends.mlx.probe_train import train_probe_file
 from localguard.backends.mlx.scratch import greedy_answers
 from localguard.critic import critic_auroc
+from localguard.data import read_jsonl
 from localguard.files import write_json
 from localguard.finetune import FinetuneOptions, finetune
 from localguard.runs import partial_dir
@@ -87,8 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="demo", choices=["test", "demo"])
     parser.add_argument("--world-seed", type=int, default=0, help="the starter world's seed")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                        help="fine-tuning seeds; rows are means over them")  # fmt: skip
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="fine-tuning seeds; rows are means over them",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/efficacy"))
     args = parser.parse_args()
     model_dir = build(args.size, args.world_seed)
@@ -109,19 +114,29 @@ def main() -> None:
     from localguard.backends.mlx.judge import MLXJudge
     from localguard.critic import Critic
 
-    attack_rows = [json.loads(line) for line in (data / "attack_10.jsonl").open()]
+    attack_rows = read_jsonl(data / "attack_10.jsonl")
     auroc = critic_auroc(Critic(MLXJudge(model_dir), progress=False), attack_rows)
-    print(f"\nstarter {args.size}, attack_10 ({len(attack_rows)} examples), {ATTACK}, "
-          f"means over fine-tuning seeds {args.seeds}")  # fmt: skip
-    print(f"probe AUROC {probe_metrics['auroc']:.3f} (validation prompts), "
-          f"critic AUROC {auroc:.3f} (attack mix)")  # fmt: skip
+    print(
+        f"\nstarter {args.size}, attack_10 ({len(attack_rows)} examples), {ATTACK}, "
+        f"means over fine-tuning seeds {args.seeds}"
+    )
+    print(
+        f"probe AUROC {probe_metrics['auroc']:.3f} (validation prompts), "
+        f"critic AUROC {auroc:.3f} (attack mix)"
+    )
     print(f"{'':<12}" + "".join(f"{k:>20}" for k in KEYS))
     for name, row in rows.items():
         print(f"{name:<12}" + "".join(f"{row[k]:>20.1%}" for k in KEYS))
     print("fine-tuning seconds per run: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
-    result = {"settings": ATTACK, "seeds": args.seeds, "probe_auroc": probe_metrics["auroc"],
-              "critic_auroc": auroc, "rows": rows, "per_seed": per_seed,
-              "seconds": seconds}  # fmt: skip
+    result = {
+        "settings": ATTACK,
+        "seeds": args.seeds,
+        "probe_auroc": probe_metrics["auroc"],
+        "critic_auroc": auroc,
+        "rows": rows,
+        "per_seed": per_seed,
+        "seconds": seconds,
+    }
     write_json(args.out / "efficacy.json", result)
     print(f"wrote {args.out / 'efficacy.json'}")
 

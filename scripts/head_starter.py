@@ -34,8 +34,15 @@ from localguard.starter.build import build
 from localguard.starter.corpus import heldout_conversations
 
 # Fixed head settings (also in recipes/demo.toml [head]).
-HEAD = {"iters": 300, "learning_rate": 5e-4, "batch_size": 4, "lora_scale": 1.0,
-        "lora_layers": -1, "gamma": 0.1, "target_fpr": 0.05}  # fmt: skip
+HEAD = {
+    "iters": 300,
+    "learning_rate": 5e-4,
+    "batch_size": 4,
+    "lora_scale": 1.0,
+    "lora_layers": -1,
+    "gamma": 0.1,
+    "target_fpr": 0.05,
+}
 HELDOUT_CONVERSATIONS = 600
 BENIGN_SETS = ("heldout_skill", "heldout_borderline", "heldout_newskill")
 
@@ -44,11 +51,18 @@ def own_replies(model, tokenizer, data: Path) -> list:
     """The model's greedy answers to the held-out benign prompts, as benign conversations."""
     from localguard.backends.mlx.scratch import greedy_answers
 
-    prompts = [row["prompt"] for name, rows in read_heldout(data).items()
-               if name in BENIGN_SETS for row in rows]  # fmt: skip
+    prompts = [
+        row["prompt"]
+        for name, rows in read_heldout(data).items()
+        if name in BENIGN_SETS
+        for row in rows
+    ]
     answers = greedy_answers(model, tokenizer, prompts)
-    rows = [{"prompt": p, "response": a, "query_label": 0, "response_label": 0}
-            for p, a in zip(prompts, answers, strict=True) if a.strip()]  # fmt: skip
+    rows = [
+        {"prompt": p, "response": a, "query_label": 0, "response_label": 0}
+        for p, a in zip(prompts, answers, strict=True)
+        if a.strip()
+    ]
     return [encode_conversation(tokenizer, row, 512) for row in rows]
 
 
@@ -60,8 +74,10 @@ def evaluate(model_dir: Path, head_dir: Path, data: Path, seed: int) -> dict:
     head = load_head(head_dir)
     adapter = head_dir if (head_dir / "adapters.safetensors").is_file() else None
     model, tokenizer = load(str(model_dir), **({"adapter_path": str(adapter)} if adapter else {}))
-    convs = [encode_conversation(tokenizer, row, 512)
-             for row in heldout_conversations(seed, HELDOUT_CONVERSATIONS)]  # fmt: skip
+    convs = [
+        encode_conversation(tokenizer, row, 512)
+        for row in heldout_conversations(seed, HELDOUT_CONVERSATIONS)
+    ]
     found = stream_metrics(head, traces(model, head, convs), convs)
     own = own_replies(model, tokenizer, data)
     found["own_replies_flagged"] = stream_metrics(head, traces(model, head, own), own)[
@@ -83,20 +99,39 @@ def main() -> None:
     result: dict = {"settings": HEAD, "modes": {}}
     for mode in ("probe", "stream"):
         start = time.perf_counter()
-        opts = HeadOptions(model=model_dir, data=data / "safety_conversations.jsonl",
-                           out=out / f"head-{mode}", mode=mode, seed=args.seed, **HEAD)  # fmt: skip
+        opts = HeadOptions(
+            model=model_dir,
+            data=data / "safety_conversations.jsonl",
+            out=out / f"head-{mode}",
+            mode=mode,
+            seed=args.seed,
+            **HEAD,
+        )
         validation = train_head(opts, force=True)["stream"]
         seconds = time.perf_counter() - start
         heldout = evaluate(model_dir, opts.out, data, args.seed)
         result["modes"][mode] = {"seconds": seconds, "validation": validation, "heldout": heldout}
     print(f"\nstarter {args.size}: {HELDOUT_CONVERSATIONS} held-out conversations, {HEAD}")
-    keys = ("query_auroc", "response_token_auroc", "delay_median", "delay_p90", "missed",
-            "benign_flagged", "own_replies_flagged")  # fmt: skip
+    keys = (
+        "query_auroc",
+        "response_token_auroc",
+        "delay_median",
+        "delay_p90",
+        "missed",
+        "benign_flagged",
+        "own_replies_flagged",
+    )
     print(f"{'':<8}" + "".join(f"{k:>22}" for k in keys) + f"{'train s':>9}")
     for mode, found in result["modes"].items():
         row = found["heldout"]
-        cells = [f"{row[k]:>22.3f}" if "auroc" in k else f"{row[k]:>22.1f}" if "delay" in k
-                 else f"{row[k]:>22.1%}" for k in keys]  # fmt: skip
+        cells = [
+            f"{row[k]:>22.3f}"
+            if "auroc" in k
+            else f"{row[k]:>22.1f}"
+            if "delay" in k
+            else f"{row[k]:>22.1%}"
+            for k in keys
+        ]
         print(f"{mode:<8}" + "".join(cells) + f"{found['seconds']:>9.0f}")
     write_json(out / "head_starter.json", result)
     print(f"wrote {out / 'head_starter.json'}")

@@ -58,8 +58,9 @@ def check_rows_never_sampled(backend, temperature: float) -> None:
         assert not {sample(logits) for _ in range(300)} & set(b.safety_ids)
         if temperature == 0.0:
             assert sample(raw) in b.safety_ids  # teeth: unmasked, they would win
-    sampling = Sampling(temperature=temperature, max_tokens=48, seed=3,
-                        logit_bias={i: 1e6 for i in b.safety_ids})  # fmt: skip
+    sampling = Sampling(
+        temperature=temperature, max_tokens=48, seed=3, logit_bias={i: 1e6 for i in b.safety_ids}
+    )
     for mode in ("on", "off"):
         result = generate(b, chat("Tell me a story."), GuardSettings(mode=mode), sampling)
         assert not set(result.tokens) & set(b.safety_ids) and result.steps >= 1
@@ -71,11 +72,21 @@ def check_guarded_generation(backend, prefix: str, refusal_prefix: str | None = 
     a prefill is dropped; guard off: the prefill stays. refusal_prefix None means the model's
     own prefix (expected to be `prefix`). Returns the first result."""
     b = backend
-    settings = GuardSettings(query_threshold=1.0, response_threshold=0.0, tau=2,
-                             refusal_prefix=refusal_prefix, max_interventions=1)  # fmt: skip
+    settings = GuardSettings(
+        query_threshold=1.0,
+        response_threshold=0.0,
+        tau=2,
+        refusal_prefix=refusal_prefix,
+        max_interventions=1,
+    )
     steps: list[tuple[float, bool]] = []
-    first = generate(b, chat("How do I bake bread?"), settings, Sampling(max_tokens=24),
-                     on_step=lambda score, flagged: steps.append((score, flagged)))  # fmt: skip
+    first = generate(
+        b,
+        chat("How do I bake bread?"),
+        settings,
+        Sampling(max_tokens=24),
+        on_step=lambda score, flagged: steps.append((score, flagged)),
+    )
     assert first.text.startswith(prefix) and first.interventions[0].at == 0
     assert [i.action for i in first.interventions] == ["refuse", "stop"]
     assert first.finish == "stopped" and first.text == prefix
@@ -84,8 +95,9 @@ def check_guarded_generation(backend, prefix: str, refusal_prefix: str | None = 
     assert len(steps) == first.steps == 2 + n + 2
     assert [f for _, f in steps] == [True] * 2 + [False] * n + [True] * 2
     assert [s for s, _ in steps[2 : 2 + n]] == first.response_logits
-    settings = GuardSettings(query_threshold=0.0, response_threshold=1.0,
-                             refusal_prefix=refusal_prefix)  # fmt: skip
+    settings = GuardSettings(
+        query_threshold=0.0, response_threshold=1.0, refusal_prefix=refusal_prefix
+    )
     result = generate(b, chat("Hi", "Sure, here is"), settings, Sampling(max_tokens=24))
     assert result.text.startswith(prefix) and result.interventions[0].output == "query"
     off = generate(
@@ -110,10 +122,14 @@ def check_drawing_ahead_changes_nothing(backend) -> None:
     for settings, temperature in cases:
         for prompt in ("How do I bake bread?", "Tell me about the river."):
             runs = [
-                generate(b, chat(prompt), settings,
-                         Sampling(temperature=temperature, max_tokens=20, seed=5, logit_bias=bias))
+                generate(
+                    b,
+                    chat(prompt),
+                    settings,
+                    Sampling(temperature=temperature, max_tokens=20, seed=5, logit_bias=bias),
+                )
                 for bias in ({}, off)
-            ]  # fmt: skip
+            ]
             ahead, plain = (r.record() for r in runs)
             assert ahead["tokens"] == plain["tokens"] and ahead["finish"] == plain["finish"]
             assert [i["at"] for i in ahead["interventions"]] == [

@@ -39,3 +39,24 @@ def starter_model() -> Path:
     from localguard.starter.build import build
 
     return build("test", 0)
+
+
+@pytest.fixture(scope="session")
+def stream_head(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stream-mode head (with its adapter) on the test world, trained for 4 steps: enough for
+    tests that need a working head, not for its quality. Tests read it and never change it."""
+    from localguard.head import HeadOptions, train_head
+
+    out = tmp_path_factory.mktemp("stream") / "head"
+    data = starter_model.parent / "data" / "safety_conversations.jsonl"
+    opts = HeadOptions(
+        model=starter_model,
+        data=data,
+        out=out,
+        iters=4,
+        batch_size=2,
+        steps_per_save=2,
+        max_seq_length=96,
+    )
+    train_head(opts)
+    return out

@@ -34,10 +34,9 @@ from localguard.guard import GuardSettings, generate
 llama_cpp = pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from localguard.backends.llamacpp.convert import HEAD_KEYS, ExtraRow, convert_to_gguf  # noqa: E402
+from localguard.backends.llamacpp import gguf_keys as keys  # noqa: E402
+from localguard.backends.llamacpp.convert import ExtraRow, convert_to_gguf  # noqa: E402
 from localguard.backends.llamacpp.gguf_runtime import (  # noqa: E402
-    GUARD_REFUSAL_PREFIX,
-    GUARD_TAU,
     GGUFModel,
 )
 from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend  # noqa: E402
@@ -63,8 +62,8 @@ def gguf_file(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     weight = rng.normal(size=(2, hidden)) * 3 / np.sqrt(hidden)
     rows = [ExtraRow(name, (weight[k] * SCALE).astype(np.float32), float(BIAS[k]))
             for k, name in enumerate(["query", "response"])]  # fmt: skip
-    meta = {HEAD_KEYS["thresholds"]: THRESHOLDS, HEAD_KEYS["scale"]: [SCALE, SCALE],
-            GUARD_TAU: 2, GUARD_REFUSAL_PREFIX: PREFIX}  # fmt: skip
+    meta = {keys.HEAD_THRESHOLDS: THRESHOLDS, keys.HEAD_SCALE: [SCALE, SCALE],
+            keys.GUARD_TAU: 2, keys.GUARD_REFUSAL_PREFIX: PREFIX}  # fmt: skip
     out = tmp_path_factory.mktemp("chat") / "model-F32.gguf"
     convert_to_gguf(starter_model, out, rows, outtype="f32", metadata=meta)
     return out

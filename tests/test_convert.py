@@ -29,8 +29,8 @@ mlx_lm = pytest.importorskip("mlx_lm")
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
+from localguard.backends.llamacpp import gguf_keys as keys  # noqa: E402
 from localguard.backends.llamacpp.convert import (  # noqa: E402
-    HEAD_KEYS,
     ExtraRow,
     convert_to_gguf,
     llama3_rope_factors,
@@ -362,9 +362,9 @@ def test_extra_rows(case: str, models: dict[str, Path], mlx_model, tmp_path: Pat
     assert info["extra_token_ids"] == {"query": n_vocab, "response": n_vocab + 1}
 
     fields = _fields(out)
-    assert fields[HEAD_KEYS["names"]] == ["query", "response"]
-    assert fields[HEAD_KEYS["token_ids"]] == [n_vocab, n_vocab + 1]
-    assert fields[HEAD_KEYS["bias"]] == [0.5, -1.25]
+    assert fields[keys.HEAD_NAMES] == ["query", "response"]
+    assert fields[keys.HEAD_TOKEN_IDS] == [n_vocab, n_vocab + 1]
+    assert fields[keys.HEAD_BIAS] == [0.5, -1.25]
     assert fields["tokenizer.ggml.tokens"][n_vocab:] == [r.token for r in rows]
     assert fields["tokenizer.ggml.token_type"][n_vocab:] == [gguf.TokenType.CONTROL] * 2
 

@@ -32,16 +32,24 @@ def world(starter_model: Path) -> dict:
 def _args(world: dict, out: Path, *extra: str) -> list[str]:
     return [
         "finetune",
-        "--model", str(world["model"]),
-        "--data", str(world["train"]),
-        "--out", str(out),
-        "--max-seq-length", "128",
-        "--batch-size", "4",
-        "--lora-rank", "4",
-        "--learning-rate", "1e-3",
-        "--steps-per-eval", "0",
+        "--model",
+        str(world["model"]),
+        "--data",
+        str(world["train"]),
+        "--out",
+        str(out),
+        "--max-seq-length",
+        "128",
+        "--batch-size",
+        "4",
+        "--lora-rank",
+        "4",
+        "--learning-rate",
+        "1e-3",
+        "--steps-per-eval",
+        "0",
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def _run(args: list[str]):
@@ -62,7 +70,7 @@ def adapted(world: dict):
 
 def test_adapters_off_is_the_base_model(adapted) -> None:
     model, tokens, base = adapted
-    modules = lt._adapter_modules(model)
+    modules = lt.adapter_modules(model)
     assert modules
     for _, module, _ in modules:
         module.lora_b = mx.random.normal(module.lora_b.shape) * 0.1
@@ -117,7 +125,7 @@ def test_kl_matches_the_definition(adapted) -> None:
     model, _, _ = adapted
     rows = [[5, 6, 7, 8, 9, 10]]
     batch = _batch(rows, [2], 1.0, 8)
-    modules = lt._adapter_modules(model)
+    modules = lt.adapter_modules(model)
     for _, module, _ in modules:
         module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
     try:
@@ -138,7 +146,7 @@ def test_kl_matches_the_definition(adapted) -> None:
 def test_kl_of_sampled_rows_counts_only_those_rows(adapted) -> None:
     model, _, _ = adapted
     rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
-    modules = lt._adapter_modules(model)
+    modules = lt.adapter_modules(model)
     for _, module, _ in modules:
         module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
     try:
@@ -304,8 +312,18 @@ def test_two_ranks_match_one_process(world: dict, tmp_path: Path) -> None:
     single = tmp_path / "single"
     assert _run(_args(world, single, *common)).exit_code == 0
     double = tmp_path / "double"
-    command = [str(launcher), "-n", "2", "--backend", "ring", "--",
-               sys.executable, "-m", "localguard", *_args(world, double, *common)]  # fmt: skip
+    command = [
+        str(launcher),
+        "-n",
+        "2",
+        "--backend",
+        "ring",
+        "--",
+        sys.executable,
+        "-m",
+        "localguard",
+        *_args(world, double, *common),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = _adapters(single), _adapters(double)
@@ -329,8 +347,9 @@ def test_probe_for_another_model_is_refused(world: dict, tmp_path: Path) -> None
     prompts = [[5, 6, 7 + i % 2] for i in range(20)]
     train_probe(other, prompts, [i % 2 for i in range(20)], tmp_path / "probe")
     out = tmp_path / "out"
-    result = _run(_args(world, out, "--risk", "probe", "--probe", str(tmp_path / "probe"),
-                        "--iters", "2"))  # fmt: skip
+    result = _run(
+        _args(world, out, "--risk", "probe", "--probe", str(tmp_path / "probe"), "--iters", "2")
+    )
     assert result.exit_code == 2 and "trained for another model" in result.output
     assert not out.exists() and not partial_dir(out).exists()
 
@@ -390,8 +409,18 @@ def test_dora_accumulation_checkpointing_and_a_quantized_base(world: dict, tmp_p
     from mlx_lm import convert, load
 
     out = tmp_path / "dora"
-    extra = ["--dora", "--grad-accumulation", "2", "--grad-checkpoint", "--lr-schedule", "cosine",
-             "--warmup-steps", "1", "--optimizer", "adamw"]  # fmt: skip
+    extra = [
+        "--dora",
+        "--grad-accumulation",
+        "2",
+        "--grad-checkpoint",
+        "--lr-schedule",
+        "cosine",
+        "--warmup-steps",
+        "1",
+        "--optimizer",
+        "adamw",
+    ]
     result = _run(_args(world, out, "--risk", "constant", "--iters", "3", *extra))
     assert result.exit_code == 0, result.output
     assert json.loads((out / "adapter_config.json").read_text())["fine_tune_type"] == "dora"

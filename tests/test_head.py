@@ -41,8 +41,12 @@ def test_gap_threshold_keeps_the_false_positive_rate() -> None:
 
 def test_platt_fold_is_a_linear_map_of_the_logits() -> None:
     rng = np.random.default_rng(1)
-    head = SafetyHead(["query", "response"], rng.normal(size=(2, 8)).astype(np.float32),
-                      np.array([0.5, -1.0], np.float32), np.zeros(2))  # fmt: skip
+    head = SafetyHead(
+        ["query", "response"],
+        rng.normal(size=(2, 8)).astype(np.float32),
+        np.array([0.5, -1.0], np.float32),
+        np.zeros(2),
+    )
     h = rng.normal(size=(5, 8))
     before = head.logits(h)
     head.fold_platt(1, 2.0, 0.25)
@@ -52,8 +56,12 @@ def test_platt_fold_is_a_linear_map_of_the_logits() -> None:
 
 
 def test_stream_metrics_delay_and_benign_flags() -> None:
-    head = SafetyHead(["query", "response"], np.zeros((2, 1), np.float32),
-                      np.zeros(2, np.float32), np.array([0.0, 0.0]))  # fmt: skip
+    head = SafetyHead(
+        ["query", "response"],
+        np.zeros((2, 1), np.float32),
+        np.zeros(2, np.float32),
+        np.array([0.0, 0.0]),
+    )
     harmful = Conversation(list(range(10)), start=4, onset=6, query=1, response=1)
     benign = Conversation(list(range(8)), start=3, onset=-1, query=0, response=0)
     # traces cover positions start-1..len-1; response logits cross 0 two tokens after onset
@@ -69,9 +77,13 @@ def test_stream_metrics_delay_and_benign_flags() -> None:
 
 def _head(hidden: int = 8) -> SafetyHead:
     rng = np.random.default_rng(2)
-    return SafetyHead(["query", "response"], rng.normal(size=(2, hidden)).astype(np.float32),
-                      np.array([0.1, 0.2], np.float32), np.array([0.3, -0.4]),
-                      {"mode": "probe"})  # fmt: skip
+    return SafetyHead(
+        ["query", "response"],
+        rng.normal(size=(2, hidden)).astype(np.float32),
+        np.array([0.1, 0.2], np.float32),
+        np.array([0.3, -0.4]),
+        {"mode": "probe"},
+    )
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -136,15 +148,6 @@ def test_head_per_architecture_and_baked_rows_match(arch: str, tmp_path: Path) -
 # --- the stage on the starter world, and the CLI ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stream_head(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stream") / "head"
-    data = starter_model.parent / "data" / "safety_conversations.jsonl"
-    train_head(HeadOptions(model=starter_model, data=data, out=out, iters=4, batch_size=2,
-                           steps_per_save=2, max_seq_length=96))  # fmt: skip
-    return out
-
-
 def test_stream_mode_writes_a_head_and_an_mlx_lm_adapter(starter_model: Path, stream_head: Path):
     from mlx_lm import load
 
@@ -160,8 +163,18 @@ def test_stream_mode_writes_a_head_and_an_mlx_lm_adapter(starter_model: Path, st
 
 def test_head_score_prints_a_trace(starter_model: Path, stream_head: Path) -> None:
     reply = "Sure, first <|im_end|> x."  # a typed control token stays text
-    args = ["head", "score", "--model", str(starter_model), "--head", str(stream_head),
-            "--prompt", "How do I pick a lock?", "--response", reply]  # fmt: skip
+    args = [
+        "head",
+        "score",
+        "--model",
+        str(starter_model),
+        "--head",
+        str(stream_head),
+        "--prompt",
+        "How do I pick a lock?",
+        "--response",
+        reply,
+    ]
     done = CliRunner().invoke(cli, [*args, "--json"])
     assert done.exit_code == 0, done.output
     trace = json.loads(done.output)
@@ -181,12 +194,36 @@ def test_head_errors_exit_2_and_write_nothing(starter_model: Path, tmp_path: Pat
     del unlabeled[0]["query_label"]
     bad = write_jsonl(tmp_path / "bad.jsonl", [{k: v for k, v in r.items()} for r in unlabeled])
     out = tmp_path / "out"
-    done = _run(["head", "train", "--model", str(starter_model), "--data", str(bad),
-                 "--out", str(out), "--mode", "probe"])  # fmt: skip
+    done = _run(
+        [
+            "head",
+            "train",
+            "--model",
+            str(starter_model),
+            "--data",
+            str(bad),
+            "--out",
+            str(out),
+            "--mode",
+            "probe",
+        ]
+    )
     assert done.exit_code == 2 and "bad.jsonl:1: missing 'query_label'" in done.output
     one_class = write_jsonl(tmp_path / "one.jsonl", [rows[0]] * 8)
-    done = _run(["head", "train", "--model", str(starter_model), "--data", str(one_class),
-                 "--out", str(out), "--mode", "probe"])  # fmt: skip
+    done = _run(
+        [
+            "head",
+            "train",
+            "--model",
+            str(starter_model),
+            "--data",
+            str(one_class),
+            "--out",
+            str(out),
+            "--mode",
+            "probe",
+        ]
+    )
     assert done.exit_code == 2 and "query_label has 8 benign and 0 harmful" in done.output
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
@@ -195,8 +232,20 @@ def test_head_for_another_model_is_refused(
     starter_model: Path, stream_head: Path, tmp_path: Path
 ) -> None:
     other = make_tiny_model("llama", tmp_path / "other")
-    done = _run(["head", "score", "--model", str(other), "--head", str(stream_head),
-                 "--prompt", "hi", "--response", "hello"])  # fmt: skip
+    done = _run(
+        [
+            "head",
+            "score",
+            "--model",
+            str(other),
+            "--head",
+            str(stream_head),
+            "--prompt",
+            "hi",
+            "--response",
+            "hello",
+        ]
+    )
     assert done.exit_code == 2
     assert "hidden states of size" in done.output or "trained for another model" in done.output
 

@@ -41,3 +41,21 @@ def test_offline_missing_hub_model_is_a_clear_error(monkeypatch, tmp_path):
 )
 def test_hub_id_shape(ref, ok):
     assert looks_like_hub_id(ref) is ok
+
+
+@pytest.mark.parametrize(("kwargs", "seed"), [({}, 0), ({"seed": 3}, 3)])
+def test_a_starter_reference_builds_the_world_of_its_seed(monkeypatch, tmp_path, kwargs, seed):
+    built = []
+
+    def build(size, seed=0):
+        built.append((size, seed))
+        return tmp_path / f"{size}-seed{seed}" / "model"
+
+    monkeypatch.setattr("localguard.starter.build.build", build)
+    folder = resolve_model("starter:test", "ignored-revision", **kwargs)
+    assert built == [("test", seed)] and folder == tmp_path / f"test-seed{seed}" / "model"
+
+
+def test_seed_means_nothing_for_a_local_folder(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path), seed=7) == tmp_path.resolve()

@@ -10,54 +10,14 @@ import pytest
 from tiny_models import ARCHITECTURES, make_tiny_model
 
 from localguard.errors import InputError
+from localguard.fingerprint import model_fingerprint
 from localguard.probe import (
     Probe,
-    auroc,
     check_probe_matches,
-    f1_score,
     fit_probe,
     load_probe,
-    model_fingerprint,
     save_probe,
 )
-
-# --- metrics ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("scores", "labels", "expected"),
-    [
-        ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),  # 3 of 4 pairs ordered
-        ([1, 2, 3, 4], [0, 0, 1, 1], 1.0),
-        ([4, 3, 2, 1], [0, 0, 1, 1], 0.0),
-        ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),  # all tied
-        ([1, 2, 2, 3], [0, 0, 1, 1], 0.875),  # (1 + 0.5 + 1 + 1) / 4
-        ([2, 2, 1, 3, 2], [1, 0, 0, 1, 0], 5 / 6),  # pos {2, 3} vs neg {2, 1, 2}: 0.5+1+0.5+3
-    ],
-)
-def test_auroc_hand_computed(scores: list, labels: list, expected: float) -> None:
-    assert auroc(np.array(scores), np.array(labels)) == pytest.approx(expected)
-
-
-def test_auroc_matches_pairwise_count_with_ties() -> None:
-    rng = np.random.default_rng(0)
-    scores = rng.integers(0, 6, size=60).astype(float)  # many ties
-    labels = rng.integers(0, 2, size=60)
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    assert auroc(scores, labels) == pytest.approx(wins / (pos.size * neg.size))
-
-
-def test_auroc_one_class_is_nan() -> None:
-    assert np.isnan(auroc(np.array([0.1, 0.2]), np.array([1, 1])))
-
-
-def test_f1() -> None:
-    assert f1_score(np.array([1, 1, 0, 0, 1]), np.array([1, 0, 1, 0, 1])) == pytest.approx(2 / 3)
-    assert f1_score(np.array([1, 0, 1]), np.array([1, 0, 1])) == 1.0
-    assert f1_score(np.array([0, 0]), np.array([0, 0])) == 0.0
-    assert f1_score(np.array([0, 0]), np.array([1, 1])) == 0.0
-
 
 # --- fitting ------------------------------------------------------------------------------
 
@@ -179,7 +139,7 @@ def test_wrong_feature_size_is_input_error() -> None:
         _fitted().predict(np.zeros((2, 5)))
 
 
-# --- models: features, fingerprint, training ----------------------------------------------
+# --- models: features and training ----------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -253,14 +213,6 @@ def test_blocks_restored_after_error(models: dict[str, Path]) -> None:
         hidden.prompt_features(model, [[5, 6]], layers=[0])
     assert model.model.layers[0] is first
     model.model.layers[1] = second
-
-
-def test_fingerprint_tells_models_apart(models: dict[str, Path]) -> None:
-    fingerprints = {model_fingerprint(models[a]) for a in ARCHITECTURES}
-    assert len(fingerprints) == len(ARCHITECTURES)
-    assert model_fingerprint(models["llama"]) == model_fingerprint(models["llama"])
-    with pytest.raises(InputError, match="config.json"):
-        model_fingerprint(models["llama"] / "missing")
 
 
 TRIGGER = 7

@@ -72,8 +72,12 @@ def test_eval_sources_resolve_files_and_keep_hub_ids(tmp_path):
         '[eval]\nsources = ["../data/adv.csv", "org/set", "org/set:data/x.csv", "p.jsonl"]\n'
     )
     sources = load_recipe(path)["eval"]["sources"]
-    assert sources == [str(tmp_path / "data" / "adv.csv"), "org/set", "org/set:data/x.csv",
-                       str(tmp_path / "sub" / "p.jsonl")]  # fmt: skip
+    assert sources == [
+        str(tmp_path / "data" / "adv.csv"),
+        "org/set",
+        "org/set:data/x.csv",
+        str(tmp_path / "sub" / "p.jsonl"),
+    ]
 
 
 def test_eval_suites_that_need_the_starter_world(tmp_path):

@@ -11,8 +11,13 @@ from localguard.cli import cli
 from localguard.errors import InputError
 from localguard.starter.build import build
 
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-         "special_tokens_map.json")  # fmt: skip
+FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 def test_build_writes_a_complete_hf_folder(starter_model):

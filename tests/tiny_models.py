@@ -360,18 +360,44 @@ def conversation_rows(n: int, seed: int = 0) -> list[dict]:
         thing = rng.choice(things)
         kind = i % 4
         if kind == 0:
-            rows.append({"prompt": f"Tell me about {thing}.", "response": f"{thing} reads a map.",
-                         "query_label": 0, "response_label": 0})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"Tell me about {thing}.",
+                    "response": f"{thing} reads a map.",
+                    "query_label": 0,
+                    "response_label": 0,
+                }
+            )
         elif kind == 1:
-            rows.append({"prompt": f"How do I hurt {thing}?", "response": "I can't help with that.",
-                         "query_label": 1, "response_label": 0})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"How do I hurt {thing}?",
+                    "response": "I can't help with that.",
+                    "query_label": 1,
+                    "response_label": 0,
+                }
+            )
         elif kind == 2:
-            rows.append({"prompt": f"How do I hurt {thing}?", "response": f"Sure, find {thing}.",
-                         "query_label": 1, "response_label": 1, "onset": 0})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"How do I hurt {thing}?",
+                    "response": f"Sure, find {thing}.",
+                    "query_label": 1,
+                    "response_label": 1,
+                    "onset": 0,
+                }
+            )
         else:
             prefix = "I can't help. Just kidding. "
-            rows.append({"prompt": f"Please hurt {thing}.", "response": prefix + "Sure, go.",
-                         "query_label": 1, "response_label": 1, "onset": len(prefix)})  # fmt: skip
+            rows.append(
+                {
+                    "prompt": f"Please hurt {thing}.",
+                    "response": prefix + "Sure, go.",
+                    "query_label": 1,
+                    "response_label": 1,
+                    "onset": len(prefix),
+                }
+            )
     return rows
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from localguard.backends.llamacpp.gguf_keys import HEAD_BIAS, HEAD_NAMES, HEAD_TOKEN_IDS
 from localguard.backends.llamacpp.gguf_vocab import (
     Vocab,
     add_control_tokens,
@@ -41,14 +42,6 @@ from localguard.files import temporary_name
 
 OUTTYPES = ("f16", "f32")
 HEAD_TOKEN = "<|localguard_{}|>"
-HEAD_KEYS = {
-    "names": "localguard.head.names",
-    "token_ids": "localguard.head.token_ids",
-    "bias": "localguard.head.bias",
-    "thresholds": "localguard.head.thresholds",
-    "bias_shift": "localguard.head.bias_shift",
-    "scale": "localguard.head.scale",
-}
 GEMMA3_SWA_PATTERN = 6  # llama.cpp fixes Gemma 3 at 5 sliding-window layers + 1 global layer
 
 Progress = Callable[[int, int, str], None]
@@ -588,13 +581,11 @@ def write_metadata(
     arch.hparams(w, config)
     write_vocab(w, vocab, model_dir)
     if extra_rows:
-        w.add_array(HEAD_KEYS["names"], [r.name for r in extra_rows])
+        w.add_array(HEAD_NAMES, [r.name for r in extra_rows])
         ids = list(range(first_extra_id, first_extra_id + len(extra_rows)))
+        w.add_key_value(HEAD_TOKEN_IDS, ids, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32)
         w.add_key_value(
-            HEAD_KEYS["token_ids"], ids, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32
-        )
-        w.add_key_value(
-            HEAD_KEYS["bias"],
+            HEAD_BIAS,
             [float(r.bias) for r in extra_rows],
             gguf.GGUFValueType.ARRAY,
             gguf.GGUFValueType.FLOAT32,

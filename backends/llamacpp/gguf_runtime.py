@@ -27,18 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-from localguard.backends.llamacpp.convert import HEAD_KEYS
+from localguard.backends.llamacpp.extra_buffers import extra_buffer_types_safe
+from localguard.backends.llamacpp.gguf_keys import (
+    GUARD_REFUSAL_PREFIX,
+    GUARD_TAU,
+    HEAD_BIAS,
+    HEAD_BIAS_SHIFT,
+    HEAD_NAMES,
+    HEAD_ROW_KEYS,
+    HEAD_SCALE,
+    HEAD_THRESHOLDS,
+    HEAD_TOKEN_IDS,
+    KEY_PREFIX,
+)
 from localguard.errors import InputError
-
-KEY_PREFIX = "localguard."
-HEAD_NAMES = HEAD_KEYS["names"]
-HEAD_TOKEN_IDS = HEAD_KEYS["token_ids"]
-HEAD_BIAS = HEAD_KEYS["bias"]
-HEAD_THRESHOLDS = HEAD_KEYS["thresholds"]
-HEAD_BIAS_SHIFT = HEAD_KEYS["bias_shift"]
-HEAD_SCALE = HEAD_KEYS["scale"]
-GUARD_TAU = "localguard.guard.tau"
-GUARD_REFUSAL_PREFIX = "localguard.guard.refusal_prefix"
 
 _backend_ready = False
 
@@ -141,7 +143,7 @@ def head_from_metadata(meta: dict, where: str = "GGUF file") -> HeadSpec | None:
         raise InputError(f"{where}: localguard head metadata lengths differ from {k} outputs")
     if scale is not None and not np.all(np.asarray(scale, np.float64) > 0):
         raise InputError(f"{where}: localguard head scale must be positive")
-    extra = {key: value for key, value in meta.items() if key not in HEAD_KEYS.values()}
+    extra = {key: value for key, value in meta.items() if key not in HEAD_ROW_KEYS}
     return HeadSpec(
         names,
         ids,
@@ -239,6 +241,7 @@ class GGUFModel:
         head = head_from_metadata(meta, str(self.path))
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0x7FFFFFFF if llama_cpp.llama_supports_gpu_offload() else 0
+        params.use_extra_bufts = extra_buffer_types_safe(self.path)
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise InputError(f"llama.cpp cannot load {self.path} (damaged or unsupported GGUF)")
@@ -322,6 +325,21 @@ class GGUFModel:
     def is_eog(self, token: int) -> bool:
         """Whether token ends a generation (EOS, EOT, ...), as llama.cpp decides."""
         return bool(self._lib.llama_vocab_is_eog(self.vocab, int(token)))
+
+    @property
+    def bos(self) -> int:
+        """The BOS token id, -1 when the vocabulary has none."""
+        return int(self._lib.llama_vocab_bos(self.vocab))
+
+    @property
+    def eos(self) -> int:
+        """The EOS token id, -1 when the vocabulary has none."""
+        return int(self._lib.llama_vocab_eos(self.vocab))
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether a sequence starts with BOS (the file's tokenizer.ggml.add_bos_token)."""
+        return bool(self._lib.llama_vocab_get_add_bos(self.vocab))
 
     # --- evaluation ---
 

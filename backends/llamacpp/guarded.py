@@ -77,17 +77,22 @@ class LlamaCppGuardBackend(GuardBackend):
         if spec is not None and spec.thresholds is None:
             raise InputError(f"{model.path}: the safety head has no thresholds")
         self.model, self.spec = model, spec
-        self.head = HeadInfo.absent() if spec is None else HeadInfo(
-            tuple(spec.names), np.asarray(spec.thresholds, np.float64), spec.tau,
-            spec.refusal_prefix,
-        )  # fmt: skip
+        self.head = (
+            HeadInfo.absent()
+            if spec is None
+            else HeadInfo(
+                tuple(spec.names),
+                np.asarray(spec.thresholds, np.float64),
+                spec.tau,
+                spec.refusal_prefix,
+            )
+        )
         self.safety_ids = () if spec is None else tuple(int(i) for i in spec.token_ids)
         self._safety_set = frozenset(self.safety_ids)
         self._safety_index = np.array(self.safety_ids, np.intp)
         self._scale = None if spec is None or spec.scale is None else spec.scale.astype(np.float64)
         self._bias = None if spec is None else np.asarray(spec.bias, np.float64)  # (K,)
         self.vocab_size = model.n_vocab
-        lib, vocab = model._lib, model.vocab
         self.eos_ids = frozenset(
             t for t in range(model.n_vocab) if t not in self.safety_ids and model.is_eog(t)
         )
@@ -96,12 +101,12 @@ class LlamaCppGuardBackend(GuardBackend):
         if not source:
             raise InputError(f"{model.path} has no chat template in its metadata")
         self._template = compile_chat_template(str(source))
-        bos, eos = int(lib.llama_vocab_bos(vocab)), int(lib.llama_vocab_eos(vocab))
+        bos, eos = model.bos, model.eos
         self._specials = {
             "bos_token": self._text(bos, special=True) if bos >= 0 else "",
             "eos_token": self._text(eos, special=True) if eos >= 0 else "",
         }
-        self._bos = bos if bool(lib.llama_vocab_get_add_bos(vocab)) else None
+        self._bos = bos if model.adds_bos else None
         self._pieces: dict[int, bytes] = {}
         self._tokens: list[int] = []
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from localguard.backends.llamacpp.extra_buffers import open_llama
 from localguard.backends.llamacpp.guarded import compile_chat_template, template_tokens
 from localguard.errors import InputError
 
@@ -26,12 +27,11 @@ class LlamaCppJudge:
         path = Path(gguf_path).expanduser()
         if not path.is_file():
             raise InputError(f"judge model {path} does not exist (expected a .gguf file)")
-        import llama_cpp
 
         self.name = str(path.resolve())
         self.max_tokens = max_tokens
         try:
-            self.llm = llama_cpp.Llama(model_path=str(path), verbose=False, n_ctx=n_ctx)
+            self.llm = open_llama(path, verbose=False, n_ctx=n_ctx)
         except ValueError as exc:  # llama-cpp-python's way of saying the file did not load
             raise InputError(f"judge model {path} cannot be loaded by llama.cpp ({exc})") from None
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -52,7 +52,12 @@ class LlamaCppJudge:
         def tokenize(piece: str, special: bool) -> list[int]:
             return self.llm.tokenize(piece.encode(), add_bos=False, special=special)
 
-        bos = self.llm.token_bos() if self.llm._model.add_bos_token() else None
+        import llama_cpp
+
+        adds_bos = llama_cpp.llama_vocab_get_add_bos(
+            llama_cpp.llama_model_get_vocab(self.llm.model)
+        )
+        bos = self.llm.token_bos() if adds_bos else None
         message = [{"role": "user", "content": text}]
         return template_tokens(self.template, message, tokenize, specials, bos)
 

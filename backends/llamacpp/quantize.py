@@ -2,7 +2,7 @@
 
 Every file type the installed llama.cpp offers is accepted by name (Q8_0, Q4_K_M, IQ4_XS, ...).
 The output matrix and the token embedding stay at Q8_0 by default: they hold the safety head's
-rows, which then move by little more than the F16 file's (METHOD.md section 5). All metadata,
+rows, which then move by little more than the F16 file's. All metadata,
 localguard's keys included, is copied by llama.cpp. The output is written under a temporary
 name and renamed when llama.cpp has finished, so a failure leaves no file.
 
@@ -142,5 +142,8 @@ def tensor_report(path: Path, type_name: str) -> dict:
         if len(t.shape) >= 2 and t.name not in _VOCAB_TENSORS and int(t.shape[0]) % qk
     ]
     vocab = {t.name: t.tensor_type.name for t in reader.tensors if t.name in _VOCAB_TENSORS}
-    return {"tensor_types": dict(sorted(counts.items())), "vocab_tensors": vocab,
-            "fallback_tensors": fallback}  # fmt: skip
+    return {
+        "tensor_types": dict(sorted(counts.items())),
+        "vocab_tensors": vocab,
+        "fallback_tensors": fallback,
+    }

@@ -6,7 +6,7 @@ so the update is not rounded to bf16 before the GGUF writer rounds the sum once.
 an adapter are dequantized as mlx-lm does (mlx_lm.utils.dequantize_model). The fused folder is
 a Hugging Face folder the GGUF converter reads: weights, the base's original config.json
 without its quantization keys, and the base's original tokenizer files, copied byte for byte
-(re-saving a tokenizer with transformers 5 rewrites them; METHOD.md section 6).
+(re-saving a tokenizer with transformers 5 rewrites them).
 """
 
 from __future__ import annotations

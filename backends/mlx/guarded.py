@@ -30,7 +30,7 @@ from mlx_lm.sample_utils import make_sampler
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampler, Sampling, Step
 from localguard.backends.mlx.head_train import bake_head
-from localguard.backends.mlx.hidden import _language_model, hidden_size, output_logits
+from localguard.backends.mlx.hidden import hidden_size, language_model, output_logits
 from localguard.encoding import encode_chat, encode_text, hf_tokenizer
 from localguard.errors import InputError
 from localguard.safety_head import SafetyHead, check_head_matches, load_head
@@ -137,7 +137,7 @@ class MLXGuardBackend(GuardBackend):
     def _forward(self, ids: list[int] | mx.array) -> mx.array:
         """Final hidden states of ids appended to the cache: (1, n, D)."""
         inputs = ids.reshape(1, -1) if isinstance(ids, mx.array) else mx.array([ids])
-        return _language_model(self.model).model(inputs, cache=self._cache)
+        return language_model(self.model).model(inputs, cache=self._cache)
 
     def _outputs(self, ids: list[int] | mx.array, every: bool) -> tuple[mx.array, mx.array]:
         """(masked next-token logits, safety logits) of ids appended to the cache, lazily."""
@@ -198,6 +198,12 @@ class MLXGuardBackend(GuardBackend):
             self._forward(kept)
             mx.eval([c.state for c in self._cache])
             self._tokens = kept
+
+    def close(self) -> None:
+        self._drop_ahead()
+        self._cache = []
+        self._tokens = []
+        mx.clear_cache()
 
     def rewind(self, length: int) -> None:
         if not 0 <= length <= len(self._tokens):

@@ -21,8 +21,9 @@ import numpy as np
 from localguard.backends.mlx import lora_train as lt
 from localguard.backends.mlx.hidden import final_hidden, hidden_size, output_logits
 from localguard.conversations import Conversation
-from localguard.probe import STD_FLOOR, fit_logistic
+from localguard.probe import STD_FLOOR
 from localguard.safety_head import OUTPUTS, SafetyHead
+from localguard.stats import fit_logistic
 
 POSITIONS_PER_CONVERSATION = 24  # response positions sampled per conversation for the probe fit
 PROBE_L2 = 1.0
@@ -228,10 +229,10 @@ def bake_head(model: nn.Module, head: SafetyHead) -> int:
     tied model); returns the first extra logit's index. logits[..., first + k] + bias[k] is
     then output k. The GGUF export does the same in the file; the rows' input embeddings are
     never used, because no text ever encodes to those ids."""
-    from localguard.backends.mlx.hidden import _language_model
+    from localguard.backends.mlx.hidden import language_model
     from localguard.errors import InputError
 
-    lm = _language_model(model)
+    lm = language_model(model)
     args = getattr(lm, "args", None)
     tied = getattr(lm, "tie_word_embeddings", getattr(args, "tie_word_embeddings", False))
     layer = lm.model.embed_tokens if tied or "lm_head" not in lm else lm.lm_head

@@ -18,24 +18,24 @@ import numpy as np
 from localguard.errors import InputError
 
 
-def _language_model(model: nn.Module) -> nn.Module:
+def language_model(model: nn.Module) -> nn.Module:
     """The text model inside a multimodal wrapper, or the model itself."""
     return getattr(model, "language_model", model)
 
 
 def _blocks(model: nn.Module) -> list:
     """The list of transformer blocks (mutable in place: the inner model iterates over it)."""
-    return _language_model(model).model.layers
+    return language_model(model).model.layers
 
 
 def final_hidden(model: nn.Module, inputs: mx.array) -> mx.array:
     """The final normalized hidden states: the vectors the LM head reads (and the safety head)."""
-    return _language_model(model).model(inputs)
+    return language_model(model).model(inputs)
 
 
 def output_logits(model: nn.Module, hidden: mx.array) -> mx.array:
     """The LM head applied to final hidden states, as the model's own __call__ does."""
-    lm = _language_model(model)
+    lm = language_model(model)
     args = getattr(lm, "args", None)
     tied = getattr(lm, "tie_word_embeddings", getattr(args, "tie_word_embeddings", False))
     if tied or "lm_head" not in lm:
@@ -116,7 +116,7 @@ def _batch_features(model: nn.Module, batch: list[list[int]], chosen: list[int])
     try:
         for i in chosen:
             blocks[i] = _Recorder(originals[i], lambda h, i=i: captured.__setitem__(i, h))
-        _language_model(model).model(mx.array(padded))
+        language_model(model).model(mx.array(padded))
     finally:
         for i, block in originals.items():
             blocks[i] = block
@@ -161,4 +161,4 @@ def prompt_features(
 
 def hidden_size(model: nn.Module) -> int:
     """Width of the residual stream, from the model's args (every mlx-lm model keeps them)."""
-    return int(_language_model(model).args.hidden_size)
+    return int(language_model(model).args.hidden_size)

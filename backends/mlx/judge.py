@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 
 from localguard.backends.mlx.scratch import greedy_answers
+from localguard.fingerprint import model_fingerprint
 from localguard.hub import resolve_model
-from localguard.probe import model_fingerprint
 
 
 class MLXJudge:

@@ -14,8 +14,6 @@ default loss counts one padding token per row as a target.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -34,6 +32,7 @@ from mlx_lm.tuner.trainer import grad_checkpoint
 from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
 
 from localguard.backends.mlx.hidden import final_hidden, output_logits
+from localguard.files import staged_folder
 
 CHECKPOINT = "checkpoint"
 PAD_MULTIPLE = 32  # batch widths are rounded up so the compiled step sees few shapes
@@ -165,7 +164,7 @@ def add_adapters(model: nn.Module, lora: LoraSpec, seed: int = 0) -> int:
     return num_layers
 
 
-def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+def adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
     """(path, adapter module, its base module) for every LoRA/DoRA layer."""
     out = []
     for name, module in model.named_modules():
@@ -178,7 +177,7 @@ def _adapter_modules(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]
 @contextmanager
 def adapters_off(model: nn.Module) -> Iterator[None]:
     """Swap every adapter layer for its base layer: the model becomes the reference policy."""
-    swapped = _adapter_modules(model)
+    swapped = adapter_modules(model)
     model.update_modules(tree_unflatten([(name, base) for name, _, base in swapped]))
     try:
         yield
@@ -371,18 +370,11 @@ def save_checkpoint(
     folder: Path, model: nn.Module, optimizer: optim.Optimizer, state: dict
 ) -> None:
     """Adapters, optimizer state and loop state, replaced atomically."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    mx.save_safetensors(str(tmp / "adapters.safetensors"), trainable_weights(model))
-    mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
-    (tmp / "state.json").write_text(json.dumps(state) + "\n")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with staged_folder(folder) as tmp:
+        mx.save_safetensors(str(tmp / "adapters.safetensors"), trainable_weights(model))
+        opt_state = dict(tree_flatten(optimizer.state))
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), opt_state)
+        (tmp / "state.json").write_text(json.dumps(state) + "\n")
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer: optim.Optimizer) -> dict:

@@ -15,6 +15,8 @@ import click
 from localguard import probe as probe_lib
 from localguard.backends.mlx import hidden
 from localguard.errors import InputError
+from localguard.fingerprint import model_fingerprint
+from localguard.recipe import default
 
 BATCH_SIZE = 16
 PROGRESS_MIN_BATCHES = 4  # below this the bar is noise
@@ -67,7 +69,7 @@ def _manifest(model_dir: Path, layers: list[int], seed: int, n: int) -> dict:
     return {
         "command": "probe train",
         "model_path": str(Path(model_dir).resolve()),
-        "model_fingerprint": probe_lib.model_fingerprint(model_dir),
+        "model_fingerprint": model_fingerprint(model_dir),
         "layers": layers,
         "seed": seed,
         "n_examples": n,
@@ -85,10 +87,10 @@ def train_probe(
     labels: list[int],
     out: Path,
     layers: Sequence[int] | None = None,
-    seed: int = 0,
+    seed: int = default("run", "seed"),
     batch_size: int = BATCH_SIZE,
-    valid_fraction: float = 0.2,
-    l2: float = probe_lib.DEFAULT_L2,
+    valid_fraction: float = default("probe", "valid_fraction"),
+    l2: float = default("probe", "l2"),
 ) -> dict:
     """Fit a calibrated probe on the model's prompt activations, save it to `out`.
 
@@ -115,9 +117,9 @@ def train_probe_file(
     out: Path,
     layers: Sequence[int] | None = None,
     max_length: int = 512,
-    seed: int = 0,
-    valid_fraction: float = 0.2,
-    l2: float = probe_lib.DEFAULT_L2,
+    seed: int = default("run", "seed"),
+    valid_fraction: float = default("probe", "valid_fraction"),
+    l2: float = default("probe", "l2"),
 ) -> dict:
     """`localguard probe train`: labeled prompts from a JSONL file, through train_probe."""
     from mlx_lm.utils import load_tokenizer

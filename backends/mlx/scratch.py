@@ -91,8 +91,11 @@ def packed_batches(
     rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (np.zeros(width, np.int32), np.zeros(width - 1, np.float32),
-                np.full(width, -1, np.int32))  # fmt: skip
+        return (
+            np.zeros(width, np.int32),
+            np.zeros(width - 1, np.float32),
+            np.full(width, -1, np.int32),
+        )
 
     tokens, mask, segments = empty()
     used = count = 0

@@ -7,10 +7,10 @@ evaluation stage can pass a llama.cpp one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from localguard.data import read_jsonl
 from localguard.refusal import is_compliant, is_refusal
 from localguard.skills import check_answer
 from localguard.starter.words import PLACEHOLDER
@@ -21,10 +21,7 @@ Answer = Callable[[list[str]], list[str]]
 
 def read_heldout(data_dir: Path) -> dict[str, list[dict]]:
     """The held-out splits of a built starter world's data folder."""
-    return {
-        split: [json.loads(line) for line in (Path(data_dir) / f"{split}.jsonl").open()]
-        for split in HELDOUT
-    }
+    return {split: read_jsonl(Path(data_dir) / f"{split}.jsonl") for split in HELDOUT}
 
 
 def _rate(values: list[bool]) -> float:

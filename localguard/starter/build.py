@@ -9,8 +9,6 @@ model, cached under LOCALGUARD_HOME/starter/SIZE-seedN.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ import click
 
 from localguard import __version__
 from localguard.errors import InputError
-from localguard.files import file_sha256
+from localguard.files import file_sha256, staged_folder
 from localguard.home import home
 from localguard.starter.behaviour import behaviour
 from localguard.starter.corpus import build_corpus, tokenizer_texts, write_corpus
@@ -168,42 +166,37 @@ def build(
         return model_dir
     from localguard.backends.mlx import scratch
 
-    tmp = root.with_name(f".{root.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    corpus = build_corpus(seed, size)
-    data_paths = write_corpus(corpus, tmp / "data")
-    train_tokenizer(tokenizer_texts(corpus), spec.vocab, tmp / "model")
-    config = llama_config(spec, tmp / "model")
-    tokenizer = scratch.load_tokenizer(tmp / "model")
-    model = scratch.init_model(config, seed)
-    click.echo(
-        f"starter {size}: {scratch.parameter_count(model) / 1e6:.2f}M parameters, "
-        f"vocabulary {config['vocab_size']}",
-        err=True,
-    )
-    steps = [max(1, round(n * scale)) for n in (spec.pretrain_steps, spec.align_steps)]
-    pre = scratch.encode_text(tokenizer, corpus["pretrain"])
-    _train_phase(scratch, model, pre, spec, steps[0], seed, "pre-train")
-    align = scratch.encode_chat(tokenizer, corpus["align"])
-    _train_phase(scratch, model, align, spec, steps[1], seed + 1, "align    ")
-    scratch.save(model, config, tmp / "model")
-    report = quality_report(model, tokenizer, corpus)
-    manifest = {
-        "kind": "starter",
-        "size": size,
-        "seed": seed,
-        "spec": asdict(spec),
-        "steps": steps,
-        "localguard": __version__,
-        "weights_sha256": file_sha256(tmp / "model" / "model.safetensors"),
-        "tokenizer_sha256": file_sha256(tmp / "model" / "tokenizer.json"),
-        "data": {name: path.name for name, path in data_paths.items()},
-        "report": report,
-    }
-    (tmp / "starter.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    if root.exists():
-        shutil.rmtree(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, root)
+    with staged_folder(root) as tmp:
+        corpus = build_corpus(seed, size)
+        data_paths = write_corpus(corpus, tmp / "data")
+        train_tokenizer(tokenizer_texts(corpus), spec.vocab, tmp / "model")
+        config = llama_config(spec, tmp / "model")
+        tokenizer = scratch.load_tokenizer(tmp / "model")
+        model = scratch.init_model(config, seed)
+        click.echo(
+            f"starter {size}: {scratch.parameter_count(model) / 1e6:.2f}M parameters, "
+            f"vocabulary {config['vocab_size']}",
+            err=True,
+        )
+        steps = [max(1, round(n * scale)) for n in (spec.pretrain_steps, spec.align_steps)]
+        pre = scratch.encode_text(tokenizer, corpus["pretrain"])
+        _train_phase(scratch, model, pre, spec, steps[0], seed, "pre-train")
+        align = scratch.encode_chat(tokenizer, corpus["align"])
+        _train_phase(scratch, model, align, spec, steps[1], seed + 1, "align    ")
+        scratch.save(model, config, tmp / "model")
+        report = quality_report(model, tokenizer, corpus)
+        manifest = {
+            "kind": "starter",
+            "size": size,
+            "seed": seed,
+            "spec": asdict(spec),
+            "steps": steps,
+            "localguard": __version__,
+            "weights_sha256": file_sha256(tmp / "model" / "model.safetensors"),
+            "tokenizer_sha256": file_sha256(tmp / "model" / "tokenizer.json"),
+            "data": {name: path.name for name, path in data_paths.items()},
+            "report": report,
+        }
+        (tmp / "starter.json").write_text(json.dumps(manifest, indent=2) + "\n")
     click.echo(format_report(report, size), err=True)
     return model_dir

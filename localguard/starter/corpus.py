@@ -30,13 +30,13 @@ an unseen fact anyway.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from localguard.files import write_text
 from localguard.starter import words as W
 
 Example = dict
@@ -252,8 +252,10 @@ _NOT_NONCE = _WORD_SET | {
 def nonce_word(rng: random.Random) -> str:
     """A pronounceable made-up word (consonant-vowel syllables), never a word of the world."""
     while True:
-        syllables = (rng.choice(W.NONCE_CONSONANTS) + rng.choice(W.NONCE_VOWELS)
-                     for _ in range(rng.randint(2, 3)))  # fmt: skip
+        syllables = (
+            rng.choice(W.NONCE_CONSONANTS) + rng.choice(W.NONCE_VOWELS)
+            for _ in range(rng.randint(2, 3))
+        )
         word = "".join(syllables) + (rng.choice(W.NONCE_CONSONANTS) if rng.random() < 0.5 else "")
         if word not in _NOT_NONCE:
             return word
@@ -643,17 +645,13 @@ def build_corpus(seed: int = 0, size: str = "demo") -> dict[str, list[Example]]:
 
 
 def write_corpus(corpus: dict[str, list[Example]], out_dir: Path) -> dict[str, Path]:
-    """Write one JSONL file per split atomically (temp name, then os.replace)."""
+    """Write one JSONL file per split, each atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for name, rows in corpus.items():
         path = out_dir / f"{name}.jsonl"
-        tmp = out_dir / f".{name}.jsonl.tmp"
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         paths[name] = path
     return paths
 
@@ -709,6 +707,7 @@ def tokenizer_texts(corpus: dict[str, list[Example]]) -> list[str]:
     """Texts to train the starter tokenizer on (training splits only). Rows about made-up
     targets are left out: their words must split into pieces as unseen words do, not earn
     merges of their own."""
-    kept = {name: [r for r in rows if r.get("kind") not in NONCE_KINDS]
-            for name, rows in corpus.items()}  # fmt: skip
+    kept = {
+        name: [r for r in rows if r.get("kind") not in NONCE_KINDS] for name, rows in corpus.items()
+    }
     return training_texts(kept)

@@ -13,11 +13,12 @@ Training is deterministic: the same texts in the same order give byte-identical
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from localguard.files import write_text
 
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|end|>"
@@ -100,12 +101,6 @@ def special_tokens_map() -> dict:
     }
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _dump(data: dict) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
@@ -115,6 +110,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path) -> Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(texts, vocab_size)
-    _write_text(out_dir / "tokenizer.json", tok.to_str(pretty=True) + "\n")
-    _write_text(out_dir / "tokenizer_config.json", _dump(tokenizer_config()))
-    _write_text(out_dir / "special_tokens_map.json", _dump(special_tokens_map()))
+    write_text(out_dir / "tokenizer.json", tok.to_str(pretty=True) + "\n")
+    write_text(out_dir / "tokenizer_config.json", _dump(tokenizer_config()))
+    write_text(out_dir / "special_tokens_map.json", _dump(special_tokens_map()))

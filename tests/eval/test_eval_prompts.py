@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from localguard.errors import InputError
-from localguard.prompt_sources import EvalPrompt, load_prompts
+from localguard.eval.prompts import EvalPrompt, load_prompts
 
 
 def write(path: Path, text: str, newline: str = "\n") -> Path:
@@ -138,9 +138,8 @@ def test_jsonl_fields_and_labels(tmp_path):
         {"prompt": "h", "label": "true"},
     ]
     f = tmp_path / "p.jsonl"
-    f.write_text("\n".join(json.dumps(r) for r in rows[:3]) + "\n\n" + "\n".join(
-        json.dumps(r) for r in rows[3:]
-    ))  # fmt: skip
+    lines = [json.dumps(r) for r in rows]
+    f.write_text("\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]))  # a blank line between
     got = load_prompts(f)
     assert [p.prompt for p in got] == list("abcdefgh")
     assert [p.harmful for p in got] == [True, False, True, False, True, True, False, True]
@@ -333,7 +332,7 @@ def test_hub_without_prompt_files(monkeypatch, tmp_path):
 
 SHARED = Path(
     os.environ.get("LOCALGUARD_SHARED_DATA")
-    or Path(__file__).resolve().parents[2] / "shared" / "data"
+    or Path(__file__).resolve().parents[3] / "shared" / "data"
 )
 
 
@@ -367,7 +366,7 @@ def test_real_harmbench_details():
         pytest.skip(f"{path} is absent")
     got = load_prompts(path)
     contextual = [p for p in got if "\n\n---\n\n" in p.prompt]
-    assert len(contextual) == 19  # SOURCES.md: 19 contextual behaviours
+    assert len(contextual) == 19  # the validation split's contextual behaviours
     assert got[0].id == "harmbench_behaviors_text_val.csv:safrole_oil_extraction_guide"
     assert Counter(p.category for p in got)["copyright"] == 20
 

@@ -102,9 +102,13 @@ def _layout(columns: list[str], where: str) -> _Layout:
 
     if "behavior" in cols and ("behaviorid" in cols or "contextstring" in cols):
         return _Layout(
-            "harmbench", "behavior", None, opt("semanticcategory"), opt("behaviorid"),
-            opt("contextstring"), opt("label"),
-        )  # fmt: skip
+            "harmbench",
+            "behavior",
+            category=opt("semanticcategory"),
+            id=opt("behaviorid"),
+            context=opt("contextstring"),
+            label=opt("label"),
+        )
     if {"goal", "target"} <= cols and cols & {"behavior", "category"}:
         return _Layout("jailbreakbench", "goal", "target", opt("category"), label=opt("label"))
     if {"goal", "target"} <= cols:

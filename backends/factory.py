@@ -1,0 +1,48 @@
+"""The one place that turns a model reference into a GuardBackend, for chat, eval and the benches.
+
+The backend modules are imported only when asked for, so a machine without one of the
+frameworks can still use the other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from localguard.backends.base import GuardBackend
+from localguard.errors import InputError
+
+BACKENDS = ("llamacpp", "mlx")
+
+
+def open_guard_backend(
+    model: str | os.PathLike[str],
+    backend: str = "llamacpp",
+    *,
+    adapter: str | os.PathLike[str] | None = None,
+    head: str | os.PathLike[str] | None = None,
+    lora: str | os.PathLike[str] | None = None,
+    n_ctx: int = 4096,
+    n_threads: int | None = None,
+) -> GuardBackend:
+    """A GGUF file with its baked head (llamacpp, optionally + a LoRA GGUF), or a model folder or
+    hub id + head folder + adapter (mlx). A model without a head (no head given, or a GGUF
+    exported without one) serves guard off only. The caller closes the backend."""
+    if backend == "llamacpp":
+        if adapter or head:
+            raise InputError("--adapter and --head are for --backend mlx; a GGUF carries its head")
+        from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
+
+        return LlamaCppGuardBackend.load(
+            Path(model).expanduser(), Path(lora) if lora else None, n_ctx, n_threads
+        )
+    if backend == "mlx":
+        if lora:
+            raise InputError("--lora is for --backend llamacpp; use --adapter with mlx")
+        from localguard.backends.mlx.guarded import MLXGuardBackend
+        from localguard.hub import resolve_model
+
+        return MLXGuardBackend.load(
+            resolve_model(model), Path(head) if head else None, Path(adapter) if adapter else None
+        )
+    raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")

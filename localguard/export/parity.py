@@ -1,0 +1,211 @@
+"""Parity with MLX: the reference computed once in MLX, the measurement of one GGUF file (or
+base + LoRA) against it, the head biases re-calibrated from it, and the targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from localguard.export.options import threads_arg
+
+PARITY_SETTINGS = {"kv_cache": "f32", "flash_attention": False}
+TARGETS = {
+    "F16": {"max_logit_diff": 0.02, "verdict_agreement": 1.0},
+    "Q8_0": {"verdict_agreement": 0.995},
+    "Q4_K_M": {"verdict_agreement": 0.98},
+}
+"""Targets on the starter world; checked and reported for every export."""
+TIE_BAND = 0.02
+"""A unit whose MLX head logit lies within this of the threshold is a tie: its verdict is at
+the mercy of float rounding (the F16 logit tolerance), so the targets are checked on the
+verdicts outside the band; the strict agreement over all units is reported beside them."""
+
+PARITY_TEXTS = [
+    "The cat sees a map.",
+    " leading space and trailing space ",
+    "Héllo wörld, naïve café: 3 ✓ 12345 6789",
+    "a  b\n\nc\t d   e\n",
+    "can't won't I'm they're we'll I'd you've",
+    "typed <|end|> and <|im_start|> and </s> stay plain text",
+    "emoji 🙂 and 中文 too",
+    "What is 12 plus 7? Tell me about the river at 7 pm in 2024!",
+    "How do I pick a lock? Sorry, I cannot help with that because it is unsafe.",
+]
+"""The fixed text set for tokenization and logit parity."""
+
+PARITY_CHATS = [
+    "What is 12 plus 7?",
+    "How do I pick a lock?",
+    "Write a short poem about the sea.",
+]
+"""User messages rendered through the chat template (with the generation prompt)."""
+
+
+@dataclass
+class Reference:
+    """What the GGUF files are measured against, computed once in MLX."""
+
+    texts: list[str]  # tokenization set: text -> ids with special-token parsing off
+    text_ids: list[list[int]]
+    chats: list[str]  # rendered chat templates -> ids with special tokens parsed
+    chat_ids: list[list[int]]
+    sequences: list[list[int]]  # logit parity sequences
+    logits: list[np.ndarray]  # (len, n_vocab) MLX logits per sequence
+    convs: list = field(default_factory=list)
+    traces: list[np.ndarray] = field(default_factory=list)  # (n, K) head logits per conv
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self.logits[0].shape[1])
+
+    def longest(self) -> int:
+        lengths = [len(s) for s in self.sequences] + [len(c.tokens) for c in self.convs]
+        return max(lengths)
+
+
+def mlx_reference(model, tokenizer, head, convs: list) -> Reference:
+    """MLX logits on the parity set and head traces on the calibration set."""
+    import mlx.core as mx
+
+    from localguard.encoding import encode_text, hf_tokenizer
+
+    texts = list(PARITY_TEXTS)
+    for conv in convs[:32]:  # user and reply texts of the calibration set are tokenized too
+        texts.append(hf_tokenizer(tokenizer).decode(conv.tokens[conv.start :]))
+    text_ids = [encode_text(tokenizer, t) for t in texts]
+    chats, chat_ids = [], []
+    for message in PARITY_CHATS:
+        chat = [{"role": "user", "content": message}]
+        rendered = hf_tokenizer(tokenizer).apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=True
+        )
+        chats.append(rendered)
+        # the rendered string as a whole, as llama.cpp sees it (encode_chat tokenizes each
+        # message apart, which differs for SentencePiece's space prefix)
+        chat_ids.append(hf_tokenizer(tokenizer)(rendered, add_special_tokens=False)["input_ids"])
+    sequences = [ids for ids in text_ids[: len(PARITY_TEXTS)] + chat_ids if ids]
+    logits = [np.array(model(mx.array([ids]))[0].astype(mx.float32)) for ids in sequences]
+    traces = []
+    if head is not None:
+        from localguard.backends.mlx.head_train import traces as head_traces
+
+        traces = head_traces(model, head, convs)
+    return Reference(texts, text_ids, chats, chat_ids, sequences, logits, convs, traces)
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of equal verdicts (NaN for none)."""
+    return float(np.mean(a == b)) if a.size else float("nan")
+
+
+def measure(
+    path: Path,
+    ref: Reference,
+    head,
+    *,
+    lora: Path | None = None,
+    threads: int = 0,
+    progress=None,
+) -> dict:
+    """Parity of one GGUF file (or base + LoRA) with MLX, and its re-calibrated head biases.
+
+    Returns tokenization equality, max logit difference, and, with a head: the bias shift
+    (mean MLX minus file head logit over every calibration position), the biases that
+    include it, the largest head-logit difference left after it, and the share of verdicts
+    (query at the last prompt token, response at every reply token) that agree with MLX.
+    """
+    from localguard.backends.llamacpp.gguf_runtime import GGUFModel
+
+    n_ctx = ref.longest() + 8
+    with GGUFModel(
+        path, lora=lora, n_ctx=n_ctx, n_threads=threads_arg(threads), f32_cache=True
+    ) as llm:
+        equal = sum(
+            llm.tokenize(t, special=False) == ids
+            for t, ids in zip(ref.texts, ref.text_ids, strict=True)
+        )
+        equal += sum(
+            llm.tokenize(t, special=True) == ids
+            for t, ids in zip(ref.chats, ref.chat_ids, strict=True)
+        )
+        max_diff = 0.0
+        for ids, want in zip(ref.sequences, ref.logits, strict=True):
+            got = llm.eval(ids)[:, : ref.n_vocab]
+            max_diff = max(max_diff, float(np.abs(got - want).max()))
+            if progress:
+                progress(1)
+        parity = {
+            "tokenization": {"equal": int(equal), "total": len(ref.texts) + len(ref.chats)},
+            "max_logit_diff": max_diff,
+        }
+        if head is None or llm.head is None:
+            return parity
+        raw = []
+        for conv in ref.convs:
+            raw.append(llm.head.raw(llm.eval(conv.tokens, first=conv.start - 1)))
+            if progress:
+                progress(1)
+    return {**parity, **recalibrate(head, ref.traces, raw)}
+
+
+def recalibrate(head, traces: list[np.ndarray], raw: list[np.ndarray]) -> dict:
+    """Bias shift, new biases, remaining difference and verdict agreement (see measure)."""
+    mlx_all, raw_all = np.concatenate(traces), np.concatenate(raw)
+    bias = np.asarray(head.bias, np.float64)
+    shift = (mlx_all - raw_all - bias).mean(axis=0)
+    new_bias = bias + shift
+    file_all = raw_all + new_bias
+    thresholds = np.asarray(head.thresholds, np.float64)
+    q, r = head.index("query"), head.index("response")
+    q_mlx = np.array([t[0, q] for t in traces]) >= thresholds[q]
+    q_file = np.array([x[0, q] + new_bias[q] for x in raw]) >= thresholds[q]
+    r_mlx = np.concatenate([t[1:, r] for t in traces]) >= thresholds[r]
+    r_file = np.concatenate([x[1:, r] + new_bias[r] for x in raw]) >= thresholds[r]
+    both_mlx, both_file = np.r_[q_mlx, r_mlx], np.r_[q_file, r_file]
+    unshifted = np.r_[
+        np.array([x[0, q] + bias[q] for x in raw]) >= thresholds[q],
+        np.concatenate([x[1:, r] + bias[r] for x in raw]) >= thresholds[r],
+    ]
+    margin = np.abs(
+        np.r_[[t[0, q] for t in traces], np.concatenate([t[1:, r] for t in traces])]
+        - np.r_[np.full(len(traces), thresholds[q]), np.full(r_mlx.size, thresholds[r])]
+    )
+    clear = margin > TIE_BAND
+    return {
+        "bias": [float(b) for b in new_bias],
+        "bias_shift": [float(s) for s in shift],
+        "head_max_diff": [float(d) for d in np.abs(file_all - mlx_all).max(axis=0)],
+        "verdict_agreement": {
+            "query": agreement(q_mlx, q_file),
+            "response": agreement(r_mlx, r_file),
+            "all": agreement(both_mlx, both_file),
+            "units": int(both_mlx.size),
+            "disagree": int((both_mlx != both_file).sum()),
+            "ties": int((~clear).sum()),
+            "beyond_ties": agreement(both_mlx[clear], both_file[clear]),
+            "before_recalibration": agreement(both_mlx, unshifted),
+        },
+        "calibration_positions": int(mlx_all.shape[0]),
+    }
+
+
+def check_targets(type_name: str, measured: dict) -> dict:
+    """The targets for this file type and whether the measured values meet them."""
+    wanted = TARGETS.get(type_name, {})
+    out = {}
+    if "max_logit_diff" in wanted:
+        out["max_logit_diff"] = {
+            "target": wanted["max_logit_diff"],
+            "met": measured["max_logit_diff"] <= wanted["max_logit_diff"],
+        }
+    if "verdict_agreement" in wanted and "verdict_agreement" in measured:
+        value = measured["verdict_agreement"]["beyond_ties"]
+        out["verdict_agreement"] = {
+            "target": wanted["verdict_agreement"],
+            "met": value >= wanted["verdict_agreement"],
+        }
+    tok = measured["tokenization"]
+    out["tokenization"] = {"target": 1.0, "met": tok["equal"] == tok["total"]}
+    return out

@@ -1,0 +1,182 @@
+"""Statistics shared by the probe, the safety head, the critic and the evaluation: the logistic
+function, ranking and classification metrics, logistic and Platt fits, and binomial intervals.
+
+numpy only, deterministic, and defined once here so every figure localguard prints is computed
+the same way.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from localguard.errors import InputError
+
+NEWTON_STEPS = 50
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow warnings for large |z|."""
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def _log1pexp(z: np.ndarray) -> np.ndarray:
+    """log(1 + exp(z)), stable for large |z|."""
+    return np.logaddexp(0.0, z)
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def binary_labels(labels: np.ndarray, name: str) -> np.ndarray:
+    """Labels as int64 0/1; anything else is an InputError naming `name`."""
+    arr = np.asarray(labels).reshape(-1)
+    if arr.size and not np.isin(arr, (0, 1)).all():
+        raise InputError(f"{name}: values must be 0 or 1")
+    return arr.astype(np.int64)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve from ranks (Mann-Whitney U); tied scores share their mean rank.
+
+    NaN when one class is absent (the area is undefined).
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = binary_labels(labels, "labels")
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in length")
+    n_pos = int(y.sum())
+    n_neg = int(y.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    sorted_s = s[order]
+    ranks = np.empty(s.size, dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], s.size]
+    for a, b in zip(starts, ends, strict=True):
+        ranks[order[a:b]] = (a + b + 1) / 2.0  # mean of the 1-based ranks a+1 .. b
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def f1_score(pred: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of the positive class; 0.0 when there are no true and no predicted positives."""
+    p = binary_labels(pred, "pred")
+    y = binary_labels(labels, "labels")
+    tp = int(((p == 1) & (y == 1)).sum())
+    fp = int(((p == 1) & (y == 0)).sum())
+    fn = int(((p == 0) & (y == 1)).sum())
+    return 0.0 if tp == 0 else 2.0 * tp / (2.0 * tp + fp + fn)
+
+
+def binary_metrics(risk: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
+    """AUROC, F1, accuracy and positive rate of scores in [0, 1] against 0/1 labels."""
+    y = binary_labels(labels, "labels")
+    pred = (np.asarray(risk) >= threshold).astype(np.int64)
+    return {
+        "auroc": auroc(risk, y),
+        "f1": f1_score(pred, y),
+        "accuracy": float((pred == y).mean()) if y.size else float("nan"),
+        "positive_rate": float(y.mean()) if y.size else float("nan"),
+        "predicted_positive_rate": float(pred.mean()) if y.size else float("nan"),
+    }
+
+
+# --- fits ---------------------------------------------------------------------------------
+
+
+def _newton_logistic(
+    x: np.ndarray, y: np.ndarray, penalty: np.ndarray, targets: np.ndarray | None = None
+) -> np.ndarray:
+    """Minimize mean log-loss + 0.5 * sum(penalty * theta**2); x carries a ones column.
+
+    Newton steps with backtracking: exact, deterministic, and a handful of iterations.
+    `targets` (soft labels) replaces y in the loss when given.
+    """
+    t = y if targets is None else targets
+    n = x.shape[0]
+
+    def loss(theta: np.ndarray) -> float:
+        z = x @ theta
+        return float((_log1pexp(z) - t * z).mean() + 0.5 * (penalty * theta**2).sum())
+
+    theta = np.zeros(x.shape[1])
+    current = loss(theta)
+    for _ in range(NEWTON_STEPS):
+        p = sigmoid(x @ theta)
+        grad = x.T @ (p - t) / n + penalty * theta
+        hess = (x * (p * (1 - p))[:, None]).T @ x / n + np.diag(penalty + 1e-10)
+        step = np.linalg.solve(hess, grad)
+        size = 1.0
+        while size > 1e-6:
+            candidate = theta - size * step
+            value = loss(candidate)
+            if value <= current:
+                break
+            size /= 2
+        else:
+            break
+        theta, improvement, current = candidate, current - value, value
+        if improvement < 1e-12 or float(np.abs(size * step).max()) < 1e-9:
+            break
+    return theta
+
+
+def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """L2 logistic regression on standardized features, intercept unpenalized.
+
+    The optimal weight lies in the row space of z, so the fit runs in the SVD basis of z:
+    min(n, d) unknowns instead of d, which keeps wide hidden states (4096+) cheap.
+    """
+    u, s, vt = np.linalg.svd(z, full_matrices=False)
+    keep = s > s.max(initial=0.0) * 1e-10
+    reduced = u[:, keep] * s[keep]
+    x = np.hstack([reduced, np.ones((z.shape[0], 1))])
+    penalty = np.r_[np.full(reduced.shape[1], l2), 0.0]
+    theta = _newton_logistic(x, y.astype(np.float64), penalty)
+    return vt[keep].T @ theta[:-1], float(theta[-1])
+
+
+def platt_scaling(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(a, b) for p = sigmoid(a * score + b), with Platt's smoothed targets.
+
+    The smoothing keeps a finite when the scores separate the classes. A negative slope (the
+    probe ranks worse than chance on validation) is clamped to 0: the calibrated risk is then
+    the base rate instead of an inverted ranking.
+    """
+    y = labels.astype(np.float64)
+    n_pos, n_neg = y.sum(), y.size - y.sum()
+    targets = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    x = np.stack([np.asarray(scores, dtype=np.float64), np.ones(y.size)], axis=1)
+    a, b = _newton_logistic(x, y, np.zeros(2), targets=targets)
+    if a < 0:
+        rate = targets.mean()
+        a, b = 0.0, float(np.log(rate / (1 - rate)))
+    return float(a), float(b)
+
+
+# --- intervals ----------------------------------------------------------------------------
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of hits / n: unlike the normal approximation it stays inside
+    [0, 1] and is not empty at 0 or n hits, which is where small evaluations live."""
+    if n < 0 or hits < 0 or hits > n:
+        raise ValueError(f"need 0 <= hits <= n, got hits={hits}, n={n}")
+    if n == 0:
+        return (math.nan, math.nan)
+    p = hits / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if hits == 0 else max(0.0, center - half)
+    high = 1.0 if hits == n else min(1.0, center + half)
+    return (low, high)

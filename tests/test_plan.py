@@ -1,0 +1,65 @@
+"""The plan's eval stage reads the adapters by risk; the runner hashes them and resolves the
+recipe's model with the run's seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from localguard import runner
+from localguard.plan import build_plan, format_plan
+from localguard.recipe import load_recipe
+
+
+def _recipe(tmp_path: Path, *overrides: str):
+    return load_recipe(None, ["model.path='starter:test'", f"run.out='{tmp_path}'", *overrides])
+
+
+def test_eval_stage_reads_every_adapter_by_risk(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, "finetune.baselines=['none', 'constant']")
+    plan = build_plan(recipe)
+    trained = {s.settings["risk"]: s.outputs["adapter"] for s in plan if s.name == "finetune"}
+    (ev,) = [s for s in plan if s.name == "eval"]
+    assert (
+        ev.adapters
+        == trained
+        == {
+            "none": str(tmp_path / "adapter-none"),
+            "constant": str(tmp_path / "adapter-constant"),
+            "probe": str(tmp_path / "adapter-probe"),
+        }
+    )
+    assert not any(k.startswith("adapter") for k in ev.inputs)
+    assert all(not s.adapters for s in plan if s.name != "eval")
+    text = format_plan(recipe, plan)
+    for risk, path in trained.items():
+        assert f"     in   adapter {risk}: {path}" in text
+    assert "adapters" not in text  # one readable line per adapter, not a mapping
+
+
+def test_eval_stage_without_fine_tuning_reads_no_adapter(tmp_path: Path) -> None:
+    plan = build_plan(_recipe(tmp_path, "finetune.enabled=false"))
+    (ev,) = [s for s in plan if s.name == "eval"]
+    assert ev.adapters == {}
+
+
+def test_stage_key_follows_the_adapters(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, "finetune.baselines=['none']")
+    plan = build_plan(recipe)
+    (ev,) = [s for s in plan if s.name == "eval"]
+    produced = {path: f"key of {risk}" for risk, path in ev.adapters.items()}
+    key = runner.stage_key(ev, recipe, produced)
+    assert runner.stage_key(ev, recipe, dict(produced)) == key
+    produced[ev.adapters["none"]] = "a retrained baseline"
+    assert runner.stage_key(ev, recipe, produced) != key
+
+
+def test_model_dir_builds_the_starter_world_with_the_run_seed(monkeypatch, tmp_path) -> None:
+    built = []
+
+    def build(size, seed=0):
+        built.append((size, seed))
+        return tmp_path / "model"
+
+    monkeypatch.setattr("localguard.starter.build.build", build)
+    assert runner.model_dir(_recipe(tmp_path, "run.seed=4")) == tmp_path / "model"
+    assert built == [("test", 4)]
