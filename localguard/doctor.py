@@ -9,6 +9,8 @@ from importlib import metadata
 from localguard import __version__, blas
 from localguard.home import home
 from localguard.hub import hub_offline
+from localguard.pypi_models import models_dir
+from localguard.pypi_models import status as models_status
 
 PACKAGES = (
     "mlx",
@@ -57,6 +59,8 @@ def collect(measure: bool = True) -> dict[str, dict[str, str]]:
         "localguard home": str(home()),
         "hub cache": str(constants.HF_HUB_CACHE),
         "hub offline": "yes (HF_HUB_OFFLINE)" if hub_offline() else "no",
+        "models": str(models_dir()),
+        **{f"model {ref}": where for ref, where in models_status().items()},
     }
     return {
         "system": system,

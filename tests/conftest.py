@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from localguard import blas
+from localguard.pypi_models import models_dir
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 _test_home: list[str] = []  # the folder this session made, removed at its end
@@ -17,13 +18,15 @@ _test_home: list[str] = []  # the folder this session made, removed at its end
 
 def pytest_configure(config: pytest.Config) -> None:
     """Re-run pytest once with OpenBLAS preloaded, as the `localguard` command does for itself,
-    then point LOCALGUARD_HOME at a fresh folder so builds never touch the user's cache.
+    then point LOCALGUARD_HOME at a fresh folder so builds never touch the user's cache (the
+    real models fetched by the install stay readable through LOCALGUARD_MODELS).
 
     Global output capture is released before the switch so the new process writes to the
     real terminal.
     """
     capture = config.pluginmanager.getplugin("capturemanager")
     blas.reexec_with_fast_blas(capture.stop_global_capturing if capture else None)
+    os.environ.setdefault("LOCALGUARD_MODELS", str(models_dir()))  # fetched by the install
     _test_home.append(tempfile.mkdtemp(prefix="localguard-test-home-"))
     os.environ["LOCALGUARD_HOME"] = _test_home[0]
 
