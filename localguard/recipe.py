@@ -82,7 +82,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "seed": _f("int", 0, "seed for every stage", low=0),
     },
     "model": {
-        "path": _f("model", "starter:demo", "base model: local folder, hub id or starter:SIZE"),
+        "path": _f(
+            "model",
+            "starter:demo",
+            "base model: folder, GGUF file, hub id, starter:SIZE or smollm2:135m",
+        ),
         "revision": _f("str", None, "hub revision (branch, tag or commit)", optional=True),
     },
     "data": {
@@ -312,7 +316,9 @@ def _resolve_path(text: str, base: Path) -> str:
 
 
 def _is_local_model(text: str, base: Path) -> bool:
-    return text.startswith((".", "/", "~")) or (base / text).is_dir()
+    """A folder or GGUF file (resolved against the recipe), not a hub id or a named model."""
+    local = text.startswith((".", "/", "~")) or text.lower().endswith(".gguf")
+    return local or (base / text).is_dir()
 
 
 def _coerce(field: Field, value: Any, where: str, base: Path) -> Any:

@@ -54,6 +54,7 @@ def run_probe(stage: Stage, recipe: Recipe) -> dict:
         recipe["run"]["seed"],
         stage.settings["valid_fraction"],
         stage.settings["l2"],
+        force=True,  # the runner decides what reruns
     )
     click.echo(f"probe AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f}", err=True)
     return {"probe": str(out), "metrics": metrics}

@@ -8,7 +8,7 @@ reports the mean step time, since (c)'s steps differ in cost; the three alternat
 rounds and the medians are compared, so machine noise hits all three alike. Prints the ratios
 b/a and c/a.
 
-Targets (the finetune issue): time b/a <= 1.05, c/a <= 1.35; peak memory c/a <= 1.10.
+Targets: time b/a <= 1.05, c/a <= 1.35; peak memory c/a <= 1.10.
 
     python scripts/bench_finetune.py [--size demo] [--steps 30] [--repeats 3]
 """

@@ -99,7 +99,7 @@ def main() -> None:
     model_dir = build(args.size, args.world_seed)
     data = model_dir.parent / "data"
     probe = args.out / "probe"
-    probe_metrics = train_probe_file(model_dir, data / "safety_prompts.jsonl", probe)
+    probe_metrics = train_probe_file(model_dir, data / "safety_prompts.jsonl", probe, force=True)
     rows = {"base model": measure(model_dir, None, data)}
     seconds, per_seed = {}, {}
     for risk in ("none", "probe", "critic"):

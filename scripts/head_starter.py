@@ -8,7 +8,7 @@ share of benign replies flagged, both the corpus's replies and the model's own g
 to the held-out benign prompts (skills, borderline requests, the unseen new skill).
 Writes OUT/head_starter.json.
 
-Targets (the safety-head issue): query AUROC >= 0.99, response AUROC >= 0.98, median delay
+Targets: query AUROC >= 0.99, response AUROC >= 0.98, median delay
 <= 2 tokens, benign replies flagged <= 2 %.
 
     python scripts/head_starter.py [--size demo] [--out runs/head-starter]

@@ -125,3 +125,52 @@ def test_python_dash_m_entry_point():
         check=True,
     ).stdout
     assert out.strip() == f"localguard, version {cli_module.__version__}"
+
+
+def test_probe_train_force_replaces_only_an_older_probe(tmp_path):
+    """probe train into an existing folder: exit 2 with one line unless --force, which
+    replaces an older probe; a folder that is not a probe is never replaced."""
+    pytest.importorskip("mlx_lm")
+    from tiny_models import make_tiny_model
+
+    model = make_tiny_model("llama", tmp_path / "model")
+    data = tmp_path / "prompts.jsonl"
+    rows = [
+        {
+            "prompt": f"How do I hurt the {w}?" if i % 2 else f"Tell me about the {w}.",
+            "label": i % 2,
+        }
+        for i, w in enumerate(["cat", "river", "robot", "bird", "map", "door"] * 2)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "probe"
+    base = ["probe", "train", "--model", str(model), "--data", str(data), "--out", str(out)]
+
+    first = invoke(*base)
+    assert first.exit_code == 0, first.output
+    manifest = json.loads((out / "head.json").read_text())["manifest"]
+    assert manifest["seed"] == 0
+
+    again = invoke(*base, "--seed", "1")
+    assert again.exit_code == 2
+    assert again.output.strip() == f"error: {out} already exists; pass --force to replace it"
+    assert json.loads((out / "head.json").read_text())["manifest"]["seed"] == 0
+
+    forced = invoke(*base, "--seed", "1", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((out / "head.json").read_text())["manifest"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "probe", "prompts.jsonl"]
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    other = invoke(*base[:-1], str(mine), "--force")
+    assert other.exit_code == 2
+    assert (
+        other.output.strip()
+        == f"error: {mine}: exists and is not a probe folder; choose another output"
+    )
+    assert (mine / "notes.txt").read_text() == "keep"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke(*base[:-1], str(empty)).exit_code == 0

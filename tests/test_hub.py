@@ -59,3 +59,24 @@ def test_a_starter_reference_builds_the_world_of_its_seed(monkeypatch, tmp_path,
 def test_seed_means_nothing_for_a_local_folder(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert resolve_model(str(tmp_path), seed=7) == tmp_path.resolve()
+
+
+def test_a_gguf_file_is_imported_through_the_cache(monkeypatch, tmp_path):
+    """A .gguf path goes to the import cache (import_gguf.cached_import); a missing one is a
+    clear error; a folder whose name ends in .gguf is still a folder."""
+    seen = []
+
+    def cached_import(path):
+        seen.append(path)
+        return tmp_path / "imported"
+
+    monkeypatch.setattr("localguard.import_gguf.cached_import", cached_import)
+    model = tmp_path / "model.Q4_K_M.GGUF"
+    model.write_bytes(b"GGUF")
+    assert resolve_model(str(model)) == tmp_path / "imported" and seen == [model]
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model(tmp_path / "missing.gguf")
+    folder = tmp_path / "folder.gguf"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert resolve_model(folder) == folder.resolve() and len(seen) == 1

@@ -247,21 +247,60 @@ def _rope_type(scaling: dict) -> str:
     return str(scaling.get("rope_type") or scaling.get("type") or "default")
 
 
+@dataclass(frozen=True)
+class HParam:
+    """One GGUF hyperparameter and the config.json value behind it. The exporter writes
+    value(config) under key; the importer (gguf_import.py) reads the key back into config_key
+    (None: derived there from other keys)."""
+
+    key: str  # a gguf.Keys template with {arch}
+    config_key: str | None
+    kind: type  # int (UINT32) or float (FLOAT32)
+    value: Callable[[dict], int | float]
+
+
+COMMON_HPARAMS: tuple[HParam, ...] = (
+    HParam(
+        gguf.Keys.LLM.CONTEXT_LENGTH,
+        "max_position_embeddings",
+        int,
+        lambda c: c["max_position_embeddings"],
+    ),
+    HParam(gguf.Keys.LLM.EMBEDDING_LENGTH, "hidden_size", int, lambda c: c["hidden_size"]),
+    HParam(gguf.Keys.LLM.BLOCK_COUNT, "num_hidden_layers", int, lambda c: c["num_hidden_layers"]),
+    HParam(
+        gguf.Keys.LLM.FEED_FORWARD_LENGTH,
+        "intermediate_size",
+        int,
+        lambda c: c["intermediate_size"],
+    ),
+    HParam(
+        gguf.Keys.Attention.HEAD_COUNT,
+        "num_attention_heads",
+        int,
+        lambda c: c["num_attention_heads"],
+    ),
+    HParam(gguf.Keys.Attention.HEAD_COUNT_KV, "num_key_value_heads", int, lambda c: _kv_heads(c)),
+    HParam(
+        gguf.Keys.Attention.LAYERNORM_RMS_EPS,
+        "rms_norm_eps",
+        float,
+        lambda c: c.get("rms_norm_eps", 1e-6),
+    ),
+    HParam(gguf.Keys.Attention.KEY_LENGTH, "head_dim", int, lambda c: _head_dim(c)),
+    HParam(gguf.Keys.Attention.VALUE_LENGTH, None, int, lambda c: _head_dim(c)),
+    HParam(gguf.Keys.Rope.DIMENSION_COUNT, None, int, lambda c: _rope_dims(c)),
+    HParam(gguf.Keys.Rope.FREQ_BASE, "rope_theta", float, lambda c: rope_settings(c)[0]),
+)
+"""The keys every supported architecture reads, in the order they are written."""
+
+
 def _common_hparams(w: gguf.GGUFWriter, config: dict) -> None:
-    """The keys every supported architecture reads."""
-    head_dim = _head_dim(config)
-    w.add_context_length(int(config["max_position_embeddings"]))
-    w.add_embedding_length(int(config["hidden_size"]))
-    w.add_block_count(int(config["num_hidden_layers"]))
-    w.add_feed_forward_length(int(config["intermediate_size"]))
-    w.add_head_count(int(config["num_attention_heads"]))
-    w.add_head_count_kv(_kv_heads(config))
-    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_rope_dimension_count(_rope_dims(config))
-    theta, scaling = rope_settings(config)
-    w.add_rope_freq_base(theta)
+    """The keys every supported architecture reads (COMMON_HPARAMS), then linear rope scaling."""
+    for param in COMMON_HPARAMS:
+        add = w.add_uint32 if param.kind is int else w.add_float32
+        add(param.key.format(arch=w.arch), param.kind(param.value(config)))
+    _, scaling = rope_settings(config)
     if scaling and _rope_type(scaling) == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(float(scaling["factor"]))

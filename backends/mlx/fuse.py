@@ -18,27 +18,19 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from localguard.backends.mlx.loading import is_quantized, load_network, load_tokenizer
 from localguard.errors import InputError
+
+__all__ = ["fuse_adapters", "is_quantized", "load", "save_fused"]
 
 _QUANTIZATION_KEYS = ("quantization", "quantization_config")
 
 
 def load(model_dir: Path, adapter_dir: Path | None = None):
-    """(model, tokenizer, config) from mlx-lm, with the adapter applied (not fused)."""
-    from mlx_lm import load as mlx_load
-
-    kwargs = {"adapter_path": str(adapter_dir)} if adapter_dir else {}
-    try:
-        model, tokenizer, config = mlx_load(str(model_dir), return_config=True, **kwargs)
-    except (FileNotFoundError, ValueError) as exc:
-        raise InputError(f"cannot load {model_dir} with mlx-lm: {exc}") from None
-    return model, tokenizer, config
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return any(
-        isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()
-    )
+    """(model, tokenizer, config) through localguard's loading, with the adapter applied (not
+    fused)."""
+    model, config = load_network(model_dir, adapter_dir)
+    return model, load_tokenizer(model_dir, config.get("eos_token_id")), config
 
 
 def _dequantized(layer: nn.Module) -> nn.Module:

@@ -29,6 +29,7 @@ from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_p
 from mlx_lm.sample_utils import make_sampler
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampler, Sampling, Step
+from localguard.backends.mlx import loading
 from localguard.backends.mlx.head_train import bake_head
 from localguard.backends.mlx.hidden import hidden_size, language_model, output_logits
 from localguard.encoding import encode_chat, encode_text, hf_tokenizer
@@ -49,14 +50,8 @@ def load_with_head(model_dir: Path, head_dir: Path, adapter: Path | None = None)
 
 
 def load_model(model_dir: Path, adapter: Path | None = None):
-    """(model, tokenizer) through mlx-lm, with the adapter when one is given."""
-    from mlx_lm import load
-
-    kwargs = {"adapter_path": str(adapter)} if adapter else {}
-    try:
-        return load(str(model_dir), **kwargs)
-    except FileNotFoundError as exc:
-        raise InputError(f"cannot load the model or adapter: {exc}") from None
+    """(model, tokenizer) through localguard's loading, with the adapter when one is given."""
+    return loading.load_model(model_dir, adapter)
 
 
 class _Ahead(NamedTuple):

@@ -140,9 +140,9 @@ Progress = Callable[[int, Metrics], None]
 
 def load(path: Path) -> tuple[nn.Module, object]:
     """Model and tokenizer from a local folder (full precision or quantized, for QLoRA)."""
-    from mlx_lm import load as mlx_load
+    from localguard.backends.mlx.loading import load_model
 
-    return mlx_load(str(path))
+    return load_model(path)
 
 
 def rank() -> int:

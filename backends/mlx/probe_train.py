@@ -51,12 +51,9 @@ def _progress(n_prompts: int, batch_size: int) -> Iterator:
 
 def load_model(model_dir: Path):
     """The mlx-lm model in a local Hugging Face folder (the tokenizer is not needed here)."""
-    from mlx_lm.utils import load_model as mlx_load_model
+    from localguard.backends.mlx.loading import load_network
 
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise InputError(f"{model_dir}: not a model folder (no config.json)")
-    model, _ = mlx_load_model(model_dir)
+    model, _ = load_network(Path(model_dir))
     return model
 
 
@@ -111,6 +108,16 @@ def train_probe(
     return metrics
 
 
+def check_out(out: Path, force: bool) -> None:
+    """OUT is new or empty, or (force) an older probe folder that may be replaced."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not force:
+        raise InputError(f"{out} already exists; pass --force to replace it")
+    if not (out / probe_lib.MANIFEST_FILE).is_file():
+        raise InputError(f"{out}: exists and is not a probe folder; choose another output")
+
+
 def train_probe_file(
     model_dir: Path,
     data: Path,
@@ -120,12 +127,16 @@ def train_probe_file(
     seed: int = default("run", "seed"),
     valid_fraction: float = default("probe", "valid_fraction"),
     l2: float = default("probe", "l2"),
+    force: bool = False,
 ) -> dict:
-    """`localguard probe train`: labeled prompts from a JSONL file, through train_probe."""
-    from mlx_lm.utils import load_tokenizer
+    """`localguard probe train`: labeled prompts from a JSONL file, through train_probe.
 
+    An existing non-empty `out` is an error unless force, which replaces an older probe
+    folder (never another kind of folder); both are checked before any work."""
+    from localguard.backends.mlx.loading import load_tokenizer
     from localguard.data import load_labeled_prompts
 
+    check_out(Path(out), force)
     tokenizer = load_tokenizer(Path(model_dir))
     prompts, labels = load_labeled_prompts(data, tokenizer, max_length)
     return train_probe(

@@ -34,10 +34,11 @@ def init_model(config: dict, seed: int) -> nn.Module:
 
 
 def load_tokenizer(path: Path):
-    """mlx-lm's tokenizer wrapper for a folder of Hugging Face tokenizer files."""
-    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+    """mlx-lm's tokenizer wrapper for a folder of Hugging Face tokenizer files, tokenizing as
+    its tokenizer.json (backends/mlx/loading.py)."""
+    from localguard.backends.mlx.loading import load_tokenizer as load
 
-    return mlx_load_tokenizer(Path(path))
+    return load(Path(path))
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -11,16 +11,39 @@ import numpy as np
 from localguard.export.options import threads_arg
 
 PARITY_SETTINGS = {"kv_cache": "f32", "flash_attention": False}
+TOP_K = 5
 TARGETS = {
-    "F16": {"max_logit_diff": 0.02, "verdict_agreement": 1.0},
+    "F16": {
+        "relative_logit_diff": 0.1,
+        "argmax_agreement": 0.98,
+        "top5_agreement": 0.95,
+        "verdict_agreement": 1.0,
+    },
     "Q8_0": {"verdict_agreement": 0.995},
     "Q4_K_M": {"verdict_agreement": 0.98},
 }
-"""Targets on the starter world; checked and reported for every export."""
+"""Targets per file type, checked and reported for every export; each means the same on a
+3-layer starter model and a 30-layer real one. Over the parity positions (every token of the
+parity texts and chats):
+
+- relative_logit_diff (at most): the largest |file - MLX| logit difference at a position
+  divided by the standard deviation of MLX's logits over the vocabulary there (the scale the
+  softmax sees), the worst position. F16 rounding gave 0.004-0.006 on the demo starter world and
+  0.071 on SmolLM2-135M (F16 against F32 of the same weights in llama.cpp; 0.17 absolute),
+  Q4_K_M 1.0-1.35 on the demo world. The absolute max_logit_diff is reported beside it.
+- argmax_agreement (at least): the share of positions whose most likely token is the same.
+- top5_agreement (at least): the mean share of MLX's 5 most likely tokens among the file's 5.
+- verdict_agreement (at least): the share of safety verdicts beyond ties (TIE_BAND) that
+  agree after the head bias is re-calibrated.
+- tokenization, for every type: every parity text tokenizes to the same ids.
+
+Quantized files are held to their verdicts only: Q8_0 already moves SmolLM2-135M's argmax at
+6 % of the positions, which the safety verdicts do not feel."""
 TIE_BAND = 0.02
 """A unit whose MLX head logit lies within this of the threshold is a tie: its verdict is at
-the mercy of float rounding (the F16 logit tolerance), so the targets are checked on the
-verdicts outside the band; the strict agreement over all units is reported beside them."""
+the mercy of float rounding (about the F16 head-logit difference on the starter world), so the
+targets are checked on the verdicts outside the band; the strict agreement over all units is
+reported beside them."""
 
 PARITY_TEXTS = [
     "The cat sees a map.",
@@ -32,8 +55,13 @@ PARITY_TEXTS = [
     "emoji 🙂 and 中文 too",
     "What is 12 plus 7? Tell me about the river at 7 pm in 2024!",
     "How do I pick a lock? Sorry, I cannot help with that because it is unsafe.",
+    "Here are some of them:\n\n1. Apples\n2. Pears",
+    "a  2 and b   34 and\n 5",
+    "tab\t\tdelimited\t1\t2",
+    "windows\r\nline 1\r\n\r\n2.",
 ]
-"""The fixed text set for tokenization and logit parity."""
+"""The fixed text set for tokenization and logit parity; the last four put whitespace runs
+(newlines, spaces, tabs, CRLF) before digits, where pre-tokenizers that split digits differ."""
 
 PARITY_CHATS = [
     "What is 12 plus 7?",
@@ -111,7 +139,8 @@ def measure(
 ) -> dict:
     """Parity of one GGUF file (or base + LoRA) with MLX, and its re-calibrated head biases.
 
-    Returns tokenization equality, max logit difference, and, with a head: the bias shift
+    Returns tokenization equality, the logit figures of logit_agreement, and, with a head: the
+    bias shift
     (mean MLX minus file head logit over every calibration position), the biases that
     include it, the largest head-logit difference left after it, and the share of verdicts
     (query at the last prompt token, response at every reply token) that agree with MLX.
@@ -130,15 +159,14 @@ def measure(
             llm.tokenize(t, special=True) == ids
             for t, ids in zip(ref.chats, ref.chat_ids, strict=True)
         )
-        max_diff = 0.0
-        for ids, want in zip(ref.sequences, ref.logits, strict=True):
-            got = llm.eval(ids)[:, : ref.n_vocab]
-            max_diff = max(max_diff, float(np.abs(got - want).max()))
+        got = []
+        for ids in ref.sequences:
+            got.append(llm.eval(ids)[:, : ref.n_vocab])
             if progress:
                 progress(1)
         parity = {
             "tokenization": {"equal": int(equal), "total": len(ref.texts) + len(ref.chats)},
-            "max_logit_diff": max_diff,
+            **logit_agreement(np.concatenate(ref.logits), np.concatenate(got)),
         }
         if head is None or llm.head is None:
             return parity
@@ -148,6 +176,24 @@ def measure(
             if progress:
                 progress(1)
     return {**parity, **recalibrate(head, ref.traces, raw)}
+
+
+def logit_agreement(want: np.ndarray, got: np.ndarray) -> dict:
+    """Logits of the file (got) against MLX's (want), one row per position (see TARGETS):
+    max_logit_diff (absolute), relative_logit_diff, argmax_agreement, top5_agreement."""
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    diff = np.abs(got - want).max(axis=1)
+    spread = np.maximum(want.std(axis=1), np.finfo(np.float64).tiny)
+    k = min(TOP_K, want.shape[1])
+    top_want = np.argpartition(-want, k - 1, axis=1)[:, :k]
+    top_got = np.argpartition(-got, k - 1, axis=1)[:, :k]
+    overlap = [np.intersect1d(a, b).size / k for a, b in zip(top_want, top_got, strict=True)]
+    return {
+        "max_logit_diff": float(diff.max()),
+        "relative_logit_diff": float((diff / spread).max()),
+        "argmax_agreement": float(np.mean(want.argmax(axis=1) == got.argmax(axis=1))),
+        "top5_agreement": float(np.mean(overlap)),
+    }
 
 
 def recalibrate(head, traces: list[np.ndarray], raw: list[np.ndarray]) -> dict:
@@ -195,11 +241,14 @@ def check_targets(type_name: str, measured: dict) -> dict:
     """The targets for this file type and whether the measured values meet them."""
     wanted = TARGETS.get(type_name, {})
     out = {}
-    if "max_logit_diff" in wanted:
-        out["max_logit_diff"] = {
-            "target": wanted["max_logit_diff"],
-            "met": measured["max_logit_diff"] <= wanted["max_logit_diff"],
+    if "relative_logit_diff" in wanted:
+        out["relative_logit_diff"] = {
+            "target": wanted["relative_logit_diff"],
+            "met": measured["relative_logit_diff"] <= wanted["relative_logit_diff"],
         }
+    for name in ("argmax_agreement", "top5_agreement"):
+        if name in wanted:
+            out[name] = {"target": wanted[name], "met": measured[name] >= wanted[name]}
     if "verdict_agreement" in wanted and "verdict_agreement" in measured:
         value = measured["verdict_agreement"]["beyond_ties"]
         out["verdict_agreement"] = {

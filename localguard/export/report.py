@@ -1,5 +1,9 @@
 """The printed form of export.json: one parity line per file, then the calibration set and the
-targets."""
+targets.
+
+Per file: tokenization, the largest logit difference (absolute, and relative to the spread of
+MLX's logits), argmax and top-5 agreement, verdict agreement (all, and beyond ties), the
+re-calibrated bias shift and the size."""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from localguard.export.parity import TIE_BAND
 def format_report(report: dict) -> str:
     """The parity table of export.json, one line per file."""
     lines = [
-        f"{'file':<22} {'tokens':>9} {'max|dlogit|':>11} {'verdicts':>9} {'(no ties)':>9} "
-        f"{'bias shift':>17} {'size':>9}"
+        f"{'file':<22} {'tokens':>9} {'max|dlogit|':>11} {'relative':>8} {'argmax':>7} "
+        f"{'top-5':>7} {'verdicts':>9} {'(no ties)':>9} {'bias shift':>17} {'size':>9}"
     ]
     for f in report["files"]:
         tok = f["tokenization"]
@@ -19,6 +23,8 @@ def format_report(report: dict) -> str:
         shift = f.get("bias_shift")
         lines.append(
             f"{f['file']:<22} {tok['equal']:>4}/{tok['total']:<4} {f['max_logit_diff']:>11.4f} "
+            f"{f['relative_logit_diff']:>8.4f} {f['argmax_agreement']:>7.1%} "
+            f"{f['top5_agreement']:>7.1%} "
             f"{(f'{strict:.2%}' if strict is not None else '-'):>9} "
             f"{(f'{clear:.2%}' if clear is not None else '-'):>9} "
             f"{(' '.join(f'{v:+.4f}' for v in shift) if shift else '-'):>17} "

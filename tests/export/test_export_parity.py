@@ -20,7 +20,14 @@ from export_cases import (
     stock_logits,
 )
 
-from localguard.export.parity import TIE_BAND, agreement, check_targets, recalibrate
+from localguard.export.parity import (
+    TARGETS,
+    TIE_BAND,
+    agreement,
+    check_targets,
+    logit_agreement,
+    recalibrate,
+)
 from localguard.safety_head import SafetyHead
 
 
@@ -67,6 +74,8 @@ def test_export_matches_mlx(case: str, case_inputs, exported) -> None:
         assert entry["verdict_agreement"]["units"] > 16
     f16_entry = report["files"][0]
     assert f16_entry["max_logit_diff"] < tolerance
+    # the scale-free targets hold on every architecture, gemma3's F16 GELU table included
+    assert all(check["met"] for check in f16_entry["targets"].values()), f16_entry["targets"]
     if not case.startswith("gemma3"):
         assert f16_entry["verdict_agreement"]["beyond_ties"] == 1.0
 
@@ -120,18 +129,68 @@ def test_agreement() -> None:
     assert np.isnan(agreement(np.array([], bool), np.array([], bool)))
 
 
+def test_logit_agreement_on_known_logits() -> None:
+    """Absolute and relative (to the spread of MLX's logits at each position, worst position)
+    differences, argmax and top-5 agreement; the same figures at 10x the logit scale."""
+    want = np.array(
+        [
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # std 2
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0],  # std sqrt(6)
+        ]
+    )
+    got = want.copy()
+    got[0, 5] += 1.5  # the top token moves to index 5; top-5 unchanged (2..6)
+    got[1, 0] += 0.7  # index 0 joins the top 5 in place of a tied zero, or not
+    result = logit_agreement(want, got)
+    assert list(result) == [
+        "max_logit_diff",
+        "relative_logit_diff",
+        "argmax_agreement",
+        "top5_agreement",
+    ]
+    assert result["max_logit_diff"] == pytest.approx(1.5)
+    assert result["relative_logit_diff"] == pytest.approx(max(1.5 / 2.0, 0.7 / np.sqrt(6)))
+    assert result["argmax_agreement"] == 0.5
+    assert 0.9 <= result["top5_agreement"] <= 1.0
+    scaled = logit_agreement(10 * want, 10 * got)
+    assert scaled["max_logit_diff"] == pytest.approx(15.0)
+    for name in ("relative_logit_diff", "argmax_agreement", "top5_agreement"):
+        assert scaled[name] == pytest.approx(result[name])
+    same = logit_agreement(want, want + 0.25)  # a shift the softmax does not see in the ranks
+    assert same["argmax_agreement"] == 1.0 and same["top5_agreement"] == 1.0
+
+
+def test_targets_are_scale_free() -> None:
+    """The F16 targets name no absolute logit difference (it depends on the model's depth and
+    logit scale), only relative and rank figures and the verdicts."""
+    assert "max_logit_diff" not in TARGETS["F16"]
+    assert set(TARGETS["F16"]) == {
+        "relative_logit_diff",
+        "argmax_agreement",
+        "top5_agreement",
+        "verdict_agreement",
+    }
+
+
 def test_check_targets() -> None:
     tokens = {"equal": 5, "total": 5}
     f16 = {
         "max_logit_diff": 0.03,
+        "relative_logit_diff": 0.2,
+        "argmax_agreement": 0.99,
+        "top5_agreement": 0.9,
         "tokenization": tokens,
         "verdict_agreement": {"beyond_ties": 1.0},
     }
     assert check_targets("F16", f16) == {
-        "max_logit_diff": {"target": 0.02, "met": False},
+        "relative_logit_diff": {"target": 0.1, "met": False},
+        "argmax_agreement": {"target": 0.98, "met": True},
+        "top5_agreement": {"target": 0.95, "met": False},
         "verdict_agreement": {"target": 1.0, "met": True},
         "tokenization": {"target": 1.0, "met": True},
     }
+    good = {**f16, "relative_logit_diff": 0.1, "argmax_agreement": 0.98, "top5_agreement": 0.95}
+    assert all(check["met"] for check in check_targets("F16", good).values())
     q4 = {"max_logit_diff": 2.0, "tokenization": tokens, "verdict_agreement": {"beyond_ties": 0.97}}
     assert check_targets("Q4_K_M", q4) == {
         "verdict_agreement": {"target": 0.98, "met": False},

@@ -53,6 +53,9 @@ REPORT_SECTIONS = [
 MEASURED = [
     "tokenization",
     "max_logit_diff",
+    "relative_logit_diff",
+    "argmax_agreement",
+    "top5_agreement",
     "bias",
     "bias_shift",
     "head_max_diff",
