@@ -174,3 +174,14 @@ def test_probe_train_force_replaces_only_an_older_probe(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert invoke(*base[:-1], str(empty)).exit_code == 0
+
+
+def test_llama_cpp_features_are_read_per_section() -> None:
+    """A CUDA build's system info: its CUDA switches are not CPU features, and Metal/CUDA count
+    as backends only where they have a section."""
+    from localguard.backends.llamacpp.runtime import enabled_features
+
+    cuda = "CUDA : ARCHS = 900 | USE_GRAPHS = 1 | FA_ALL_QUANTS = 0 | CPU : SSE3 = 1 | AVX = 1 | "
+    assert enabled_features(cuda) == {"CUDA": ["USE_GRAPHS"], "CPU": ["SSE3", "AVX"]}
+    metal = "Metal : EMBED_LIBRARY = 1 | CPU : NEON = 1 | ARM_FMA = 1 | ACCELERATE = 0 | "
+    assert enabled_features(metal) == {"Metal": ["EMBED_LIBRARY"], "CPU": ["NEON", "ARM_FMA"]}

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 
+def enabled_features(system_info: str) -> dict[str, list[str]]:
+    """llama.cpp's system info ("CUDA : ARCHS = 900 | USE_GRAPHS = 1 | CPU : SSE3 = 1 | ...")
+    as the features switched on (= 1) in each backend's section."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for part in system_info.split("|"):
+        part = part.strip()
+        if " : " in part:
+            current, part = (s.strip() for s in part.split(" : ", 1))
+            sections.setdefault(current, [])
+        name, _, value = part.partition("=")
+        if current and value.strip() == "1":
+            sections[current].append(name.strip())
+    return sections
+
+
 def runtime_info() -> dict[str, str]:
     """llama-cpp-python version and build features, for `localguard doctor`."""
     try:
@@ -10,13 +26,12 @@ def runtime_info() -> dict[str, str]:
     except ImportError as exc:
         return {"llama.cpp": f"not importable ({exc})"}
     system = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
-    features = [part.strip() for part in system.split("|") if part.strip().endswith("= 1")]
-    backends = [
-        name for name in ("Metal", "CUDA", "Vulkan", "BLAS") if name.upper() in system.upper()
-    ]
+    sections = enabled_features(system)
+    found = {name.upper() for name in sections}
+    backends = [name for name in ("Metal", "CUDA", "Vulkan", "BLAS") if name.upper() in found]
     return {
         "llama.cpp": llama_cpp.__version__,
         "gpu offload": "yes" if llama_cpp.llama_supports_gpu_offload() else "no",
         "llama.cpp backends": ", ".join(backends) or "CPU",
-        "llama.cpp cpu features": " ".join(f.split("=")[0].strip() for f in features) or "-",
+        "llama.cpp cpu features": " ".join(sections.get("CPU", [])) or "-",
     }
