@@ -24,6 +24,7 @@ from localguard import __version__
 from localguard.errors import InputError
 from localguard.files import file_sha256, staged_folder, write_json
 from localguard.home import home
+from localguard.stats import TOP_K, logit_agreement
 
 REPORT_FILE = "import.json"
 REPORT_KIND = "localguard-import"
@@ -52,7 +53,6 @@ PARITY_PROMPTS = [
     "Once upon a time, in a small village by the sea,",
 ]
 PARITY_CHAT = "What is the capital of France?"
-TOP_K = 5
 """Logit parity: the prompts as plain text, and one user message through the chat template."""
 
 Log = Callable[[str], None]
@@ -203,17 +203,18 @@ def _logits(prompts: list[str], sequences: list, want: list, got: list) -> dict:
     for prompt, ids, a, b in zip(prompts, sequences, want, got, strict=True):
         n = min(len(a), len(b))
         a, b = np.asarray(a[:n], np.float64), np.asarray(b[:n], np.float64)
-        top_a, top_b = np.argsort(-a)[:TOP_K], np.argsort(-b)[:TOP_K]
+        figures = logit_agreement(a[None], b[None])
+        top2 = np.sort(a)[-2:]
         rows.append(
             {
                 "prompt": prompt,
                 "tokens": len(ids),
-                "max_abs_diff": float(np.abs(a - b).max()),
-                "argmax_mlx": int(top_a[0]),
-                "argmax_llama_cpp": int(top_b[0]),
+                "max_abs_diff": figures["max_logit_diff"],
+                "argmax_mlx": int(a.argmax()),
+                "argmax_llama_cpp": int(b.argmax()),
                 # a small lead flips under any rounding: it explains an argmax disagreement
-                "top2_margin_mlx": float(a[top_a[0]] - a[top_a[1]]),
-                "top5_overlap": len(set(top_a.tolist()) & set(top_b.tolist())) / TOP_K,
+                "top2_margin_mlx": float(top2[1] - top2[0]),
+                "top5_overlap": figures["top5_agreement"],
             }
         )
     agree = sum(r["argmax_mlx"] == r["argmax_llama_cpp"] for r in rows)

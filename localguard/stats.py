@@ -14,6 +14,7 @@ import numpy as np
 from localguard.errors import InputError
 
 NEWTON_STEPS = 50
+TOP_K = 5  # logit_agreement's top-k overlap
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -87,6 +88,29 @@ def binary_metrics(risk: np.ndarray, labels: np.ndarray, threshold: float = 0.5)
         "accuracy": float((pred == y).mean()) if y.size else float("nan"),
         "positive_rate": float(y.mean()) if y.size else float("nan"),
         "predicted_positive_rate": float(pred.mean()) if y.size else float("nan"),
+    }
+
+
+# --- logits ---------------------------------------------------------------------------
+
+
+def logit_agreement(want: np.ndarray, got: np.ndarray) -> dict:
+    """Logits of a converted model (got) against the reference's (want), one row per position:
+    max_logit_diff (absolute), relative_logit_diff (each position's largest difference over the
+    standard deviation of want's logits there, worst position), argmax_agreement and
+    top5_agreement (mean overlap of the two top-5 sets)."""
+    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+    diff = np.abs(got - want).max(axis=1)
+    spread = np.maximum(want.std(axis=1), np.finfo(np.float64).tiny)
+    k = min(TOP_K, want.shape[1])
+    top_want = np.argpartition(-want, k - 1, axis=1)[:, :k]
+    top_got = np.argpartition(-got, k - 1, axis=1)[:, :k]
+    overlap = [np.intersect1d(a, b).size / k for a, b in zip(top_want, top_got, strict=True)]
+    return {
+        "max_logit_diff": float(diff.max()),
+        "relative_logit_diff": float((diff / spread).max()),
+        "argmax_agreement": float(np.mean(want.argmax(axis=1) == got.argmax(axis=1))),
+        "top5_agreement": float(np.mean(overlap)),
     }
 
 

@@ -40,7 +40,7 @@ if how == "stock":
     np.save(out, np.array(llm.scores[: len(ids)], dtype=np.float32))
 else:
     if how == "forced":  # llama.cpp's own default, whatever the build
-        gguf_runtime.extra_buffer_types_safe = lambda path: True
+        gguf_runtime.extra_buffer_types_safe = lambda path, reader=None: True
     with gguf_runtime.GGUFModel(path, n_ctx=64, n_threads=1) as llm:
         logits = llm.eval(ids)
         llm.feed([ids[0]])

@@ -1,4 +1,4 @@
-"""Shared statistics: AUROC, F1 and Wilson intervals against hand-computed values."""
+"""Shared statistics: AUROC, F1, logit agreement and Wilson intervals on hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from localguard.stats import auroc, f1_score, wilson_interval
+from localguard.stats import auroc, f1_score, logit_agreement, wilson_interval
 
 # --- ranking and classification --------------------------------------------------------------
 
@@ -45,6 +45,40 @@ def test_f1() -> None:
     assert f1_score(np.array([1, 0, 1]), np.array([1, 0, 1])) == 1.0
     assert f1_score(np.array([0, 0]), np.array([0, 0])) == 0.0
     assert f1_score(np.array([0, 0]), np.array([1, 1])) == 0.0
+
+
+# --- logits ---------------------------------------------------------------------------
+
+
+def test_logit_agreement_on_known_logits() -> None:
+    """Absolute and relative (to the spread of MLX's logits at each position, worst position)
+    differences, argmax and top-5 agreement; the same figures at 10x the logit scale."""
+    want = np.array(
+        [
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # std 2
+            [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 7.0],  # std sqrt(6)
+        ]
+    )
+    got = want.copy()
+    got[0, 5] += 1.5  # the top token moves to index 5; top-5 unchanged (2..6)
+    got[1, 0] += 0.7  # index 0 joins the top 5 in place of a tied zero, or not
+    result = logit_agreement(want, got)
+    assert list(result) == [
+        "max_logit_diff",
+        "relative_logit_diff",
+        "argmax_agreement",
+        "top5_agreement",
+    ]
+    assert result["max_logit_diff"] == pytest.approx(1.5)
+    assert result["relative_logit_diff"] == pytest.approx(max(1.5 / 2.0, 0.7 / np.sqrt(6)))
+    assert result["argmax_agreement"] == 0.5
+    assert 0.9 <= result["top5_agreement"] <= 1.0
+    scaled = logit_agreement(10 * want, 10 * got)
+    assert scaled["max_logit_diff"] == pytest.approx(15.0)
+    for name in ("relative_logit_diff", "argmax_agreement", "top5_agreement"):
+        assert scaled[name] == pytest.approx(result[name])
+    same = logit_agreement(want, want + 0.25)  # a shift the softmax does not see in the ranks
+    assert same["argmax_agreement"] == 1.0 and same["top5_agreement"] == 1.0
 
 
 # --- intervals ----------------------------------------------------------------------------

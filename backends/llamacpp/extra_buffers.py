@@ -35,8 +35,9 @@ def amx_matrices(reader) -> list[str]:
     return out
 
 
-def extra_buffer_types_safe(path: Path) -> bool:
-    """Whether llama.cpp may place this model's weights in its extra CPU buffer types.
+def extra_buffer_types_safe(path: Path, reader=None) -> bool:
+    """Whether llama.cpp may place this model's weights in its extra CPU buffer types (reader:
+    the file's gguf-py reader, when the caller has it open; else the file is read if needed).
 
     A llama.cpp built with AMX (GGML_NATIVE on an AMX Xeon) puts Q4_0/Q4_1/Q8_0/Q4_K/Q5_K/Q6_K/
     IQ4_XS matrices in its AMX buffer type. Built by an older GCC (12.2, Debian 12), its AMX tile
@@ -64,7 +65,7 @@ def extra_buffer_types_safe(path: Path) -> bool:
     from localguard.backends.llamacpp.gguf_runtime import open_gguf
 
     try:
-        return not amx_matrices(open_gguf(path))
+        return not amx_matrices(reader if reader is not None else open_gguf(path))
     except InputError:  # llama.cpp will say what is wrong with the file
         return False
 

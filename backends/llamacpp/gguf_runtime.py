@@ -62,7 +62,11 @@ def _init_backend() -> None:
 def read_metadata(path: Path, prefix: str = KEY_PREFIX, keys: tuple[str, ...] = ()) -> dict:
     """The GGUF file's metadata keys that start with prefix (and the keys named), as Python
     values; a file gguf-py cannot parse is one InputError."""
-    reader = open_gguf(path)
+    return metadata(open_gguf(path), prefix, keys)
+
+
+def metadata(reader, prefix: str = KEY_PREFIX, keys: tuple[str, ...] = ()) -> dict:
+    """read_metadata on a gguf-py reader that is already open."""
     return {k: f.contents() for k, f in reader.fields.items() if k.startswith(prefix) or k in keys}
 
 
@@ -237,11 +241,12 @@ class GGUFModel:
         self._model = self._ctx = self._adapter = self._batch = None
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such GGUF file")
-        meta = read_metadata(self.path)
+        reader = open_gguf(self.path)  # read once: the metadata, and the tensors if AMX asks
+        meta = metadata(reader)
         head = head_from_metadata(meta, str(self.path))
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0x7FFFFFFF if llama_cpp.llama_supports_gpu_offload() else 0
-        params.use_extra_bufts = extra_buffer_types_safe(self.path)
+        params.use_extra_bufts = extra_buffer_types_safe(self.path, reader)
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise InputError(f"llama.cpp cannot load {self.path} (damaged or unsupported GGUF)")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from localguard.export.options import threads_arg
+from localguard.stats import logit_agreement
 
 PARITY_SETTINGS = {"kv_cache": "f32", "flash_attention": False}
-TOP_K = 5
 TARGETS = {
     "F16": {
         "relative_logit_diff": 0.1,
@@ -176,24 +176,6 @@ def measure(
             if progress:
                 progress(1)
     return {**parity, **recalibrate(head, ref.traces, raw)}
-
-
-def logit_agreement(want: np.ndarray, got: np.ndarray) -> dict:
-    """Logits of the file (got) against MLX's (want), one row per position (see TARGETS):
-    max_logit_diff (absolute), relative_logit_diff, argmax_agreement, top5_agreement."""
-    want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
-    diff = np.abs(got - want).max(axis=1)
-    spread = np.maximum(want.std(axis=1), np.finfo(np.float64).tiny)
-    k = min(TOP_K, want.shape[1])
-    top_want = np.argpartition(-want, k - 1, axis=1)[:, :k]
-    top_got = np.argpartition(-got, k - 1, axis=1)[:, :k]
-    overlap = [np.intersect1d(a, b).size / k for a, b in zip(top_want, top_got, strict=True)]
-    return {
-        "max_logit_diff": float(diff.max()),
-        "relative_logit_diff": float((diff / spread).max()),
-        "argmax_agreement": float(np.mean(want.argmax(axis=1) == got.argmax(axis=1))),
-        "top5_agreement": float(np.mean(overlap)),
-    }
 
 
 def recalibrate(head, traces: list[np.ndarray], raw: list[np.ndarray]) -> dict:
