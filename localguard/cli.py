@@ -227,7 +227,14 @@ def probe() -> None:
 @click.option("--layers", multiple=True, type=int, help="Layers to read (default: middle third).")
 @schema_options("data", ["max_seq_length"])
 @schema_options("run", ["seed"])
-@schema_options("probe", ["valid_fraction", "l2"])
+@schema_options("probe", ["valid_fraction"])
+@click.option(
+    "--l2",
+    metavar="NUMBER|auto",
+    default=str(SCHEMA["probe"]["l2"].default),
+    show_default=True,
+    help=SCHEMA["probe"]["l2"].help + ".",
+)
 @click.option("--force", is_flag=True, help="Replace OUT when it holds an older probe.")
 def probe_train(
     model: str,
@@ -237,16 +244,18 @@ def probe_train(
     max_seq_length: int,
     seed: int,
     valid_fraction: float,
-    l2: float,
+    l2: str,
     force: bool,
 ) -> None:
     """Fit a calibrated logistic probe on mean-pooled prompt activations; prints AUROC and F1
-    on a held-out validation split and saves them with the probe."""
+    on a held-out validation split and the L2 penalty used, and saves them with the probe."""
     from pathlib import Path
 
     from localguard.backends.mlx.probe_train import train_probe_file
     from localguard.hub import resolve_data, resolve_model
+    from localguard.recipe import option_value
 
+    penalty = option_value("probe", "l2", l2, "--l2")  # a number or "auto"
     model_dir = resolve_model(model)
     metrics = train_probe_file(
         model_dir,
@@ -256,12 +265,16 @@ def probe_train(
         max_seq_length,
         seed,
         valid_fraction,
-        l2,
+        penalty,
         force=force,
     )
+    chosen = f"L2 {metrics['l2']:.3g}"
+    if metrics["l2_auto"]:
+        cv = metrics["l2_cv"]
+        chosen += f" (auto, {cv['folds']}-fold CV)" if cv else " (auto: too few to cross-validate)"
     click.echo(
         f"probe: AUROC {metrics['auroc']:.3f}  F1 {metrics['f1']:.3f}  "
-        f"on {metrics['n_valid']} validation prompts -> {out}"
+        f"on {metrics['n_valid']} validation prompts, {chosen} -> {out}"
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from localguard.data import read_jsonl
-from localguard.encoding import encode_exchange, encode_text
+from localguard.encoding import encode_exchange, encode_text, hf_tokenizer
 from localguard.errors import InputError
 
 
@@ -80,12 +80,28 @@ def encode_conversation(tokenizer, row: dict, max_length: int, where: str = "row
         raise InputError(f"{where}: the chat template leaves no prompt or no reply tokens")
     onset = -1
     if onset_char >= 0:
-        reply = messages[-1]["content"]
-        onset = start + len(encode_text(tokenizer, reply[:onset_char]))
+        onset = start + onset_token(tokenizer, messages[-1]["content"], onset_char)
     tokens = tokens[:max_length]
     if onset >= len(tokens):
         onset = -1
     return Conversation(tokens, start, onset, query, int(onset >= 0), str(row.get("kind", "")))
+
+
+def onset_token(tokenizer, reply: str, onset_char: int) -> int:
+    """Index, among the reply's tokens, of the token that holds reply[onset_char].
+
+    Byte-level and SentencePiece tokenizers attach a word's leading space to the word, so in
+    "I can't. Sure, ..." the harmful start is the token " Sure". Counting the tokens of
+    reply[:onset_char] instead ends on a lone " " and labels from the token after " Sure".
+    The reply is tokenized as the chat template's message text is (encode_text)."""
+    hf = hf_tokenizer(tokenizer)
+    try:
+        spans = hf(
+            reply, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+        )["offset_mapping"]
+    except NotImplementedError:  # a tokenizer without character offsets
+        return len(encode_text(tokenizer, reply[:onset_char].rstrip()))
+    return next((k for k, (_, end) in enumerate(spans) if end > onset_char), len(spans))
 
 
 def load_conversations(path: Path, tokenizer, max_length: int) -> list[Conversation]:

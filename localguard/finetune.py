@@ -220,7 +220,7 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
             spec,
             work,
             valid=valid,
-            progress=lambda step, m: _show(bar, m),
+            progress=_Show(bar),
             on_metrics=record,
         )
     if rank != 0:
@@ -244,9 +244,19 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
     return runs.finish(work, opts.out, lt.CHECKPOINT)
 
 
-def _show(bar, m: dict) -> None:
-    bar.label = (
-        f"finetune loss {m['loss']:.3f} kl {m['kl']:.3f} beta {m['beta']:.2f} "
-        f"{m['tokens_per_second']:,.0f} tok/s"
-    )
-    bar.update(1)
+class _Show:
+    """The progress bar's label. Its tok/s is trained tokens (with mask_prompt, the replies
+    only, as mlx-lm counts them) per second over the steps run so far: one step's rate swings
+    with its batch's widths, and a step that meets a new batch shape also compiles."""
+
+    def __init__(self, bar) -> None:
+        self.bar, self.tokens, self.seconds = bar, 0.0, 0.0
+
+    def __call__(self, _step: int, m: dict) -> None:
+        self.tokens += m["tokens"]
+        self.seconds += m["step_seconds"]
+        self.bar.label = (
+            f"finetune loss {m['loss']:.3f} kl {m['kl']:.3f} beta {m['beta']:.2f} "
+            f"{self.tokens / self.seconds:,.0f} tok/s"
+        )
+        self.bar.update(1)

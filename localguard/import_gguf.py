@@ -4,9 +4,10 @@ fine-tunes, with its parity against the original measured and kept beside it.
 `localguard import MODEL.gguf --out DIR` writes DIR; a `.gguf` path given as a model anywhere
 (hub.resolve_model) is imported once into LOCALGUARD_HOME/imports/<sha256 of the file>/model
 and reused. The conversion itself is backends/llamacpp/gguf_import.py. Parity (DIR/import.json):
-the fixed texts below tokenized by the imported tokenizer (encode_text, the path every stage
-uses) and by llama.cpp on the original file, and the last-token logits of a few prompts in
-mlx-lm on the import against llama.cpp on the original. A quantized original legitimately
+the parity texts (localguard/parity_texts.py, the export's too) tokenized by the imported
+tokenizer (encode_text, the path every stage uses) and by llama.cpp on the original file, and
+the last-token logits of a few prompts in mlx-lm on the import against llama.cpp on the
+original. A quantized original legitimately
 differs in its logits, so differences are reported, not refused; a tokenization difference is
 also printed as a warning, since training would then see other ids than llama.cpp serves.
 """
@@ -24,28 +25,12 @@ from localguard import __version__
 from localguard.errors import InputError
 from localguard.files import file_sha256, staged_folder, write_json
 from localguard.home import home
+from localguard.parity_texts import PARITY_TEXTS
 from localguard.stats import TOP_K, logit_agreement
 
 REPORT_FILE = "import.json"
 REPORT_KIND = "localguard-import"
 REPORT_FORMAT = 1
-
-PARITY_TEXTS = [
-    "def add(a, b):\n    return a + b  # sum\n",
-    "for (int i = 0; i < n; ++i) { total += x[i]; }",
-    "3.14159 and 1234567 and 2024-06-01 at 07:45",
-    "Héllo wörld, naïve café, Ελληνικά, русский, 中文, 日本語, emoji 🙂👍🏽",
-    "of them:\n\n1.",
-    "a  2",
-    "runs of spaces     and\n\n\nnewlines   \n  \n end ",
-    "\ttabs\tand\t\tmore\ttabs",
-    "windows\r\nline endings\r\n\r\n2.",
-    "<|im_start|>user\nhi<|im_end|> <s>[INST] x [/INST]</s> <|eot_id|> <start_of_turn>",
-    " leading space",
-    "can't won't I'm they're we'll",
-]
-"""Tokenization parity texts: code, digits, unicode, whitespace runs before digits (where
-digit-splitting pre-tokenizers differ), tabs, CRLF, and chat markers typed as plain text."""
 
 PARITY_PROMPTS = [
     "The capital of France is",

@@ -2,9 +2,10 @@
 
 numpy only, so it fits, scores and tests without an ML framework; backends/mlx/probe_train.py
 computes the features. The fit is deterministic: standardization from the training split, an
-L2-regularized logistic regression solved by Newton's method, then Platt scaling on the
-validation split. A probe folder holds head.safetensors and head.json, the latter with the
-model's fingerprint so a probe trained for another model is refused.
+L2-regularized logistic regression solved by Newton's method (its penalty given, or chosen by
+cross-validation on the training split), then Platt scaling on the validation split. A probe
+folder holds head.safetensors and head.json, the latter with the model's fingerprint so a probe
+trained for another model is refused.
 """
 
 from __future__ import annotations
@@ -19,13 +20,30 @@ from localguard.errors import InputError
 from localguard.files import clean_json, read_kind_json, staged_folder
 from localguard.fingerprint import check_fingerprint
 from localguard.recipe import default
-from localguard.stats import binary_labels, binary_metrics, fit_logistic, platt_scaling, sigmoid
+from localguard.stats import (
+    binary_labels,
+    binary_metrics,
+    fit_logistic,
+    l2_cross_validation,
+    platt_scaling,
+    sigmoid,
+)
 
 PROBE_KIND = "risk_probe"
 PROBE_FORMAT = 1
 WEIGHTS_FILE = "head.safetensors"
 MANIFEST_FILE = "head.json"
 STD_FLOOR = 1e-6  # features that never vary are left unscaled instead of divided by ~0
+L2_AUTO = "auto"
+L2_GRID = tuple(float(10.0 ** (e / 2)) for e in range(-4, 7))  # "auto" tries 0.01 .. 1000
+CV_FOLDS = 5
+# How much cross-validated AUROC "auto" gives up for a stronger penalty (more when the folds
+# disagree by more). Cross-validation sees only prompts like the training set; a probe must also
+# stay calm on benign prompts unlike them. On the starter world the best CV AUROC (0.999 at
+# 0.01) gave a probe that put 2.5 % of held-out new-skill prompts above 0.5 risk, 1 (CV AUROC
+# 0.990) put 0.5 % there and fine-tuned to 84.5 % new-skill accuracy against 81.2 % (means over
+# 3 seeds; 82.5 % with the former fixed 100, which underfit: validation AUROC 0.937).
+CV_AUROC_SLACK = 0.01
 
 
 @dataclass(eq=False)
@@ -94,15 +112,48 @@ def _check_training_data(features: np.ndarray, labels: np.ndarray) -> None:
         )
 
 
+def choose_l2(cv: dict) -> float:
+    """The strongest penalty whose cross-validated AUROC is within CV_AUROC_SLACK, or one
+    standard error if that is larger, of the best: of the penalties that rank about as well,
+    the one that stays calmest on prompts unlike its training data."""
+    areas = np.asarray(cv["auroc"])
+    best = int(np.argmax(areas))
+    floor = areas[best] - max(CV_AUROC_SLACK, cv["auroc_se"][best])
+    return max(v for v, area in zip(cv["l2"], areas, strict=True) if area >= floor)
+
+
+def select_l2(z: np.ndarray, y: np.ndarray, l2: float | str, seed: int) -> tuple[float, dict]:
+    """The penalty to fit with, and what to record about it.
+
+    A number is used as given; "auto" cross-validates L2_GRID on (z, y), the standardized
+    training split (the standardization uses no labels, so sharing it across folds leaks
+    nothing a fold could fit to). With too few examples of a label for two folds, "auto" takes
+    the strongest penalty of the grid.
+    """
+    if isinstance(l2, str):
+        if l2 != L2_AUTO:
+            raise InputError(f"l2 must be a non-negative number or {L2_AUTO!r}, got {l2!r}")
+        k = min(CV_FOLDS, int(y.sum()), int(y.size - y.sum()))
+        if k < 2:
+            return max(L2_GRID), {"l2_auto": True, "l2_cv": None}
+        cv = l2_cross_validation(z, y, L2_GRID, k, seed)
+        cv["rule"] = f"strongest within max({CV_AUROC_SLACK}, 1 SE) of the best AUROC"
+        return choose_l2(cv), {"l2_auto": True, "l2_cv": cv}
+    if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 <= l2 < float("inf"):
+        raise InputError(f"l2 must be a non-negative number or {L2_AUTO!r}, got {l2!r}")
+    return float(l2), {"l2_auto": False}
+
+
 def fit_probe(
     features: np.ndarray,
     labels: np.ndarray,
     seed: int = 0,
     valid_fraction: float = default("probe", "valid_fraction"),
-    l2: float = default("probe", "l2"),
+    l2: float | str = default("probe", "l2"),
     layers: list[int] | None = None,
 ) -> tuple[Probe, dict]:
-    """Fit, calibrate and evaluate a probe; metrics are on the held-out validation split."""
+    """Fit, calibrate and evaluate a probe; metrics are on the held-out validation split,
+    which neither the fit nor the choice of its penalty (l2 = "auto") has seen."""
     x = np.asarray(features, dtype=np.float64)
     y = binary_labels(labels, "labels")
     _check_training_data(x, y)
@@ -113,7 +164,9 @@ def fit_probe(
     std = x[train].std(axis=0)
     std = np.where(std > STD_FLOOR, std, 1.0)
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
-    weight, bias = fit_logistic((x[train] - mean32) / std32, y[train], l2)
+    z = (x[train] - mean32) / std32
+    l2, l2_record = select_l2(z, y[train], l2, seed)
+    weight, bias = fit_logistic(z, y[train], l2)
     probe = Probe(
         weight=weight.astype(np.float32),
         bias=float(np.float32(bias)),  # stored as float32, so keep exactly that value
@@ -126,6 +179,7 @@ def fit_probe(
     probe.platt_a, probe.platt_b = platt_scaling(probe.raw_scores(x[valid]), y[valid])
     metrics = binary_metrics(probe.predict(x[valid]), y[valid])
     metrics.update(n_train=int(train.size), n_valid=int(valid.size), l2=l2, seed=seed)
+    metrics.update(l2_record)
     probe.metadata["metrics"] = metrics
     return probe, metrics
 

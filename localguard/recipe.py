@@ -26,7 +26,8 @@ else:  # pragma: no cover - exercised only on Python 3.10
 @dataclass(frozen=True)
 class Field:
     """One recipe key: its kind ("str", "int", "float", "bool", "path", "model", "list[str]",
-    "list[int]"), default, allowed choices or range, and a one-line help."""
+    "list[int]"), default, allowed choices or range, words a number key also takes (such as
+    "auto"), and a one-line help."""
 
     kind: str
     default: Any
@@ -35,6 +36,7 @@ class Field:
     low: float | None = None
     high: float | None = None
     optional: bool = False
+    words: tuple[str, ...] = ()
 
 
 def _f(kind: str, default: Any, help: str, **kw: Any) -> Field:
@@ -106,12 +108,19 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "valid_fraction": _f(
             "float", 0.2, "share of prompts held out for AUROC", low=0.05, high=0.5
         ),
-        # Strong on purpose: a probe must not call prompts unlike its training data risky. On
-        # the starter world the new skill's prompts (a made-up language the probe never saw) got
-        # a mean risk of 0.19 with 1e-3, 0.041 with 10 (3 % above 0.5, enough to hold back the
-        # new skill by about 10 points) and 0.013 with 100 (0.3 % above 0.5), while validation
-        # AUROC went from 0.997 to 0.989.
-        "l2": _f("float", 100.0, "L2 penalty of the logistic classifier", low=0.0),
+        # auto: cross-validated on the training split, leaning strong (localguard/probe.py,
+        # CV_AUROC_SLACK), because a probe must not call prompts unlike its training data risky.
+        # No fixed value suits every model: the former default 100 kept the starter world's new-
+        # skill prompts calm but underfit SmolLM2-135M (validation AUROC 0.80, against 0.96 at
+        # 1, which auto chose there and on the starter world; scripts/bench_probe.py).
+        "l2": _f(
+            "float",
+            "auto",
+            "L2 penalty of the logistic classifier, or auto: chosen by cross-validation on the "
+            "training split",
+            low=0.0,
+            words=("auto",),
+        ),
     },
     "finetune": {
         "enabled": _f("bool", True, "run the LoRA fine-tuning stage"),
@@ -308,6 +317,25 @@ def _type_name(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _field_type(field: Field) -> str:
+    """What a scalar key takes, in words ("an integer", "a number or 'auto'")."""
+    names = {"bool": "a boolean", "int": "an integer", "float": "a number"}
+    return " or ".join([names.get(field.kind, "a string"), *map(repr, field.words)])
+
+
+def option_value(section: str, key: str, text: str, flag: str) -> Any:
+    """A command-line option's text checked as the recipe key section.key: TOML if it parses,
+    else a string; a bad value is a RecipeError naming flag."""
+    return _coerce(SCHEMA[section][key], _toml_value(text), flag, Path.cwd())
+
+
+def _toml_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
+
+
 def _resolve_path(text: str, base: Path) -> str:
     if text.startswith(STARTER_PREFIX):
         return text
@@ -325,6 +353,12 @@ def _coerce(field: Field, value: Any, where: str, base: Path) -> Any:
     """Check value against field; return it converted (ints to floats, paths resolved)."""
     if value is None and field.optional:
         return None
+    if field.words and isinstance(value, str):
+        if value in field.words:
+            return value
+        raise RecipeError(
+            f"{where} must be {_field_type(field)}, not {_type_name(value)} ({value!r})"
+        )
     kind = field.kind
     scalar = kind.removeprefix("list[").removesuffix("]")
     if kind.startswith("list["):
@@ -350,8 +384,7 @@ def _coerce(field: Field, value: Any, where: str, base: Path) -> Any:
     }[kind]
     if not isinstance(value, expected) or (kind in ("int", "float") and isinstance(value, bool)):
         raise RecipeError(
-            f"{where} must be {_type_name(expected() if kind != 'float' else 0.0)}, "
-            f"not {_type_name(value)} ({value!r})"
+            f"{where} must be {_field_type(field)}, not {_type_name(value)} ({value!r})"
         )
     if kind == "float":
         value = float(value)
@@ -434,11 +467,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, dot, key = name.strip().partition(".")
     if not sep or not dot or not key:
         raise RecipeError(f"--set {text!r}: expected SECTION.KEY=VALUE")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return section, key.strip(), value
+    return section, key.strip(), _toml_value(raw)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> Recipe:

@@ -56,7 +56,10 @@ def run_probe(stage: Stage, recipe: Recipe) -> dict:
         stage.settings["l2"],
         force=True,  # the runner decides what reruns
     )
-    click.echo(f"probe AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f}", err=True)
+    click.echo(
+        f"probe AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f}, L2 {metrics['l2']:.3g}",
+        err=True,
+    )
     return {"probe": str(out), "metrics": metrics}
 
 

@@ -1,5 +1,6 @@
 """Statistics shared by the probe, the safety head, the critic and the evaluation: the logistic
-function, ranking and classification metrics, logistic and Platt fits, and binomial intervals.
+function, ranking and classification metrics, logistic and Platt fits (with cross-validation of
+the logistic fit's penalty), and binomial intervals.
 
 numpy only, deterministic, and defined once here so every figure localguard prints is computed
 the same way.
@@ -8,6 +9,7 @@ the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -118,12 +120,17 @@ def logit_agreement(want: np.ndarray, got: np.ndarray) -> dict:
 
 
 def _newton_logistic(
-    x: np.ndarray, y: np.ndarray, penalty: np.ndarray, targets: np.ndarray | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    penalty: np.ndarray,
+    targets: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Minimize mean log-loss + 0.5 * sum(penalty * theta**2); x carries a ones column.
 
     Newton steps with backtracking: exact, deterministic, and a handful of iterations.
-    `targets` (soft labels) replaces y in the loss when given.
+    `targets` (soft labels) replaces y in the loss when given; `start` (default zeros) is where
+    the steps begin, which only changes how many they take.
     """
     t = y if targets is None else targets
     n = x.shape[0]
@@ -132,7 +139,7 @@ def _newton_logistic(
         z = x @ theta
         return float((_log1pexp(z) - t * z).mean() + 0.5 * (penalty * theta**2).sum())
 
-    theta = np.zeros(x.shape[1])
+    theta = np.zeros(x.shape[1]) if start is None else np.asarray(start, dtype=np.float64)
     current = loss(theta)
     for _ in range(NEWTON_STEPS):
         p = sigmoid(x @ theta)
@@ -154,19 +161,40 @@ def _newton_logistic(
     return theta
 
 
+def _row_space(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x, basis): z's coordinates in its SVD row-space basis plus a ones column, and that
+    basis, so a weight theta over x is the weight basis.T @ theta[:-1] over z."""
+    u, s, vt = np.linalg.svd(z, full_matrices=False)
+    keep = s > s.max(initial=0.0) * 1e-10
+    x = np.hstack([u[:, keep] * s[keep], np.ones((z.shape[0], 1))])
+    return x, vt[keep]
+
+
+def _l2_penalty(x: np.ndarray, l2: float) -> np.ndarray:
+    return np.r_[np.full(x.shape[1] - 1, l2), 0.0]  # the intercept is never penalized
+
+
 def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
     """L2 logistic regression on standardized features, intercept unpenalized.
 
     The optimal weight lies in the row space of z, so the fit runs in the SVD basis of z:
     min(n, d) unknowns instead of d, which keeps wide hidden states (4096+) cheap.
     """
-    u, s, vt = np.linalg.svd(z, full_matrices=False)
-    keep = s > s.max(initial=0.0) * 1e-10
-    reduced = u[:, keep] * s[keep]
-    x = np.hstack([reduced, np.ones((z.shape[0], 1))])
-    penalty = np.r_[np.full(reduced.shape[1], l2), 0.0]
-    theta = _newton_logistic(x, y.astype(np.float64), penalty)
-    return vt[keep].T @ theta[:-1], float(theta[-1])
+    x, basis = _row_space(z)
+    theta = _newton_logistic(x, y.astype(np.float64), _l2_penalty(x, l2))
+    return basis.T @ theta[:-1], float(theta[-1])
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """A fold number in 0..k-1 per row, each label dealt round-robin after a seeded shuffle, so
+    every fold holds floor or ceil of 1/k of each label."""
+    y = binary_labels(labels, "labels")
+    rng = np.random.default_rng(seed)
+    folds = np.empty(y.size, dtype=np.int64)
+    for cls in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        folds[idx] = np.arange(idx.size) % k
+    return folds
 
 
 def platt_scaling(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -185,6 +213,38 @@ def platt_scaling(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]
         rate = targets.mean()
         a, b = 0.0, float(np.log(rate / (1 - rate)))
     return float(a), float(b)
+
+
+def l2_cross_validation(
+    z: np.ndarray, y: np.ndarray, grid: Sequence[float], k: int, seed: int
+) -> dict:
+    """Stratified k-fold cross-validation of fit_logistic for every L2 in grid: the held-out
+    AUROC, its mean over the folds and that mean's standard error.
+
+    AUROC because the fit only has to rank: the probe is Platt-calibrated afterwards, so a
+    strong penalty's scores, squeezed toward 0.5, lose nothing by their scale. Each fold's SVD
+    serves the whole grid, which runs from the strongest penalty down, each fit starting where
+    the previous one ended (the same optimum in fewer steps).
+    """
+    y = binary_labels(y, "labels")
+    folds = stratified_folds(y, k, seed)
+    order = np.argsort(grid)[::-1]
+    areas = np.empty((len(grid), k))
+    for fold in range(k):
+        fit, held = folds != fold, folds == fold
+        x, basis = _row_space(z[fit])
+        held_x = z[held] @ basis.T
+        theta = None
+        for i in order:
+            penalty = _l2_penalty(x, grid[i])
+            theta = _newton_logistic(x, y[fit].astype(np.float64), penalty, None, theta)
+            areas[i, fold] = auroc(held_x @ theta[:-1] + theta[-1], y[held])
+    return {
+        "folds": k,
+        "l2": [float(v) for v in grid],
+        "auroc": areas.mean(axis=1).tolist(),
+        "auroc_se": (areas.std(axis=1, ddof=1) / math.sqrt(k)).tolist(),
+    }
 
 
 # --- intervals ----------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 llama.cpp: stock llama-cpp-python (`Llama.generate`, greedy) on a GGUF against localguard's
 LlamaCppGuardBackend + Guard (guard on) on the same file, same threads. MLX: mlx_lm's
 stream_generate (greedy) against MLXGuardBackend + Guard (guard on) on the same model, adapter
-and head. Both sides decode at most --max-tokens per prompt, stop at end of turn, and time the
+and head, both loaded through localguard (float32 weights on the CPU). Both sides decode at
+most --max-tokens per prompt, stop at end of turn, and time the
 whole answer (prompt evaluation included); tokens/s = tokens decoded / seconds. After one
 warm-up pass each, --repeats timed rounds go over the prompts, and within a round plain and
 guarded alternate prompt by prompt (which goes first alternates by round), so machine noise hits
@@ -126,16 +127,19 @@ def bench_llamacpp(path: Path, max_tokens: int, rounds: int, threads: int | None
 
 
 def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, rounds: int):
-    from mlx_lm import load, stream_generate
+    from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
     from localguard.backends.factory import open_guard_backend
     from localguard.backends.mlx.guarded import ADAPTER_FILE
+    from localguard.backends.mlx.loading import load_model
 
     backend = open_guard_backend(model, "mlx", head=head, adapter=adapter)
     if adapter is None and (head / ADAPTER_FILE).is_file():
         adapter = head  # the same weights on both sides
-    plain_model, tokenizer = load(str(model), adapter_path=str(adapter) if adapter else None)
+    # loaded as the guarded side is: mlx_lm.load would keep a float16 model's weights, which
+    # MLX's CPU decodes ~3.5x slower than the float32 ones localguard widens them to
+    plain_model, tokenizer = load_model(model, adapter)
     prompts = [backend.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     greedy = make_sampler(0.0)
 

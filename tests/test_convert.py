@@ -31,6 +31,7 @@ gguf = pytest.importorskip("gguf")
 
 from localguard.backends.llamacpp import gguf_keys as keys  # noqa: E402
 from localguard.backends.llamacpp.convert import (  # noqa: E402
+    IMPORT_SECTION,
     ExtraRow,
     convert_to_gguf,
     llama3_rope_factors,
@@ -241,6 +242,124 @@ def test_metadata_round_trip(case: str, models: dict[str, Path], gguf_file) -> N
     assert fields["tokenizer.chat_template"] == tok_config["chat_template"]
     types = fields["tokenizer.ggml.token_type"]
     assert types[config["eos_token_id"]] == gguf.TokenType.CONTROL
+
+
+# --- provenance -----------------------------------------------------------------------------
+
+
+def test_provenance_from_the_model_card(models: dict[str, Path], tmp_path: Path) -> None:
+    """A hub folder gets what llama.cpp's converter writes (gguf-py's Metadata): licence, base
+    model and languages from the README.md front matter, the name from the folder, the size
+    label from the parameter count, type "model"; a fused copy is described by card_dir."""
+    folder = _copy(models["qwen3"], tmp_path)
+    (folder / "README.md").write_text(
+        "---\nlicense: apache-2.0\nbase_model: some-org/Some-Base-7B\nlanguage:\n- en\n---\n"
+    )
+    out = tmp_path / "card.gguf"
+    info = convert_to_gguf(folder, out, outtype="f32")
+    fields = _fields(out)
+    assert fields["general.license"] == "apache-2.0"
+    assert fields["general.languages"] == ["en"]
+    assert fields["general.base_model.count"] == 1
+    assert fields["general.base_model.0.repo_url"] == "https://huggingface.co/some-org/Some-Base-7B"
+    assert fields["general.type"] == "model"
+    assert fields["general.name"].lower() == "qwen3"
+    assert fields["general.size_label"].endswith("K")  # a tiny model: thousands of parameters
+    assert info["provenance"]["general.license"] == "apache-2.0"
+    plain = _fields(convert_to_gguf(models["qwen2"], tmp_path / "plain.gguf")["path"])
+    assert "general.license" not in plain and plain["general.name"].lower() == "qwen2"
+    fused = tmp_path / ".fused-123"
+    shutil.copytree(folder, fused)
+    convert_to_gguf(fused, tmp_path / "fused.gguf", outtype="f32", card_dir=folder)
+    assert _fields(tmp_path / "fused.gguf")["general.name"] == fields["general.name"]
+    (folder / "README.md").write_text("---\nlicense: [unclosed\n---\n")
+    with pytest.raises(InputError, match="model card is not readable") as err:
+        convert_to_gguf(folder, tmp_path / "bad.gguf")
+    assert "\n" not in str(err.value)
+
+
+def test_head_dim_keys_only_for_an_explicit_head_dim(models: dict[str, Path], gguf_file) -> None:
+    """As llama.cpp's converter: key/value length written where config.json has head_dim."""
+    for case in ("llama-spm", "qwen2"):
+        config = json.loads((models[case] / "config.json").read_text())
+        fields = _fields(gguf_file(case))
+        arch = fields["general.architecture"]
+        assert fields.get(f"{arch}.attention.key_length") == config.get("head_dim")
+        assert fields.get(f"{arch}.attention.value_length") == config.get("head_dim")
+
+
+def test_add_prefix_space_as_the_llama_converter_writes_it(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """tokenizer_config.json's add_prefix_space becomes tokenizer.ggml.add_space_prefix for a
+    byte-level llama (llama.cpp's LlamaModel), not for qwen2 (whose converter ignores it)."""
+    key = gguf.Keys.Tokenizer.ADD_PREFIX
+    for case, written in (("llama-bytelevel", True), ("qwen2", False)):
+        folder = _copy(models[case], tmp_path)
+        path = folder / "tokenizer_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "add_prefix_space": False}))
+        fields = _fields(convert_to_gguf(folder, tmp_path / f"{case}.gguf")["path"])
+        assert (fields.get(key) is False) is written, case
+        assert key not in _fields(convert_to_gguf(models[case], tmp_path / "p.gguf")["path"])
+
+
+def test_an_imported_folder_writes_its_recorded_provenance(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """config.json's localguard_import section: general.* keys with their recorded types (typed
+    from the values for an import that recorded none), this file's own file type and
+    architecture, the recorded tokenizer switches (one the source lacked left out), and a
+    Phi-3 name left out where llama.cpp would look for Phi-3's own tokens."""
+    folder = _copy(models["qwen3"], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    general = {
+        "general.architecture": "llama",
+        "general.file_type": 3,
+        "general.name": "Source Model",
+        "general.license": "apache-2.0",
+        "general.base_model.count": 1,
+        "general.base_model.0.name": "Base",
+        "general.languages": ["en", "de"],
+        "general.sampling.top_k": 40,
+    }
+    section = {
+        "general": general,
+        "general_types": {
+            "general.sampling.top_k": ["INT32"],
+            "general.languages": ["ARRAY", "STRING"],
+        },
+        "tokenizer": {"flags": {gguf.Keys.Tokenizer.ADD_BOS: True}},
+    }
+    (folder / "config.json").write_text(json.dumps({**config, IMPORT_SECTION: section}))
+    out = tmp_path / "imported.gguf"
+    convert_to_gguf(folder, out, outtype="f32")
+    reader = gguf.GGUFReader(str(out))
+    fields = {k: f.contents() for k, f in reader.fields.items()}
+    types = {k: [t.name for t in f.types] for k, f in reader.fields.items()}
+    for key in ("general.name", "general.license", "general.base_model.0.name"):
+        assert fields[key] == general[key]
+    assert (fields["general.base_model.count"], types["general.base_model.count"]) == (
+        1,
+        ["UINT32"],
+    )
+    assert (fields["general.sampling.top_k"], types["general.sampling.top_k"]) == (40, ["INT32"])
+    assert fields["general.languages"] == ["en", "de"]
+    assert (fields["general.architecture"], fields["general.file_type"]) == ("qwen3", 0)
+    assert "general.type" not in fields  # the source had none
+    assert fields[gguf.Keys.Tokenizer.ADD_BOS] is True
+    plain = _fields(convert_to_gguf(models["qwen3"], tmp_path / "plain.gguf")["path"])
+    assert gguf.Keys.Tokenizer.ADD_EOS in plain  # SpecialVocab's, from tokenizer_config.json
+    assert gguf.Keys.Tokenizer.ADD_EOS not in fields  # the source had none
+    phi3 = _copy(models["phi3-spm"], tmp_path)
+    config = json.loads((phi3 / "config.json").read_text())
+    section = {"general": {"general.name": "Phi-3 Mini", "general.license": "mit"}}
+    (phi3 / "config.json").write_text(json.dumps({**config, IMPORT_SECTION: section}))
+    fields = _fields(convert_to_gguf(phi3, tmp_path / "phi3.gguf")["path"])
+    assert "general.name" not in fields and fields["general.license"] == "mit"
+    bad = {"general": {"general.tags": []}}
+    (phi3 / "config.json").write_text(json.dumps({**config, IMPORT_SECTION: bad}))
+    with pytest.raises(InputError, match="unreadable general.tags"):
+        convert_to_gguf(phi3, tmp_path / "bad.gguf")
 
 
 def test_f16_file_keeps_norms_in_f32(gguf_file) -> None:

@@ -15,6 +15,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from mlx.utils import tree_flatten
 
 from localguard.backends.mlx import lora_train as lt
 from localguard.cli import cli
@@ -161,6 +162,67 @@ def test_kl_of_sampled_rows_counts_only_those_rows(adapted) -> None:
             module.lora_b = mx.zeros(module.lora_b.shape)
 
 
+def test_padded_reference_rows_are_copies_with_no_weight(adapted) -> None:
+    model, _, _ = adapted
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22]]
+    modules = lt.adapter_modules(model)
+    for _, module, _ in modules:
+        module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
+    try:
+        batch = _batch(rows, [2, 2, 1, 1], [0.5, 0.5, 0.5, 0.0], 8)
+        assert batch.ref_rows.tolist() == [0, 1, 2, 0]  # three rows, padded to four
+        ref = lt.reference(model, batch)
+        assert ref.neg_entropy.shape[0] == 4
+        assert mx.array_equal(ref.neg_entropy[3], ref.neg_entropy[0]).item()
+        alone = [_with_reference(model, _batch([r], [o], 0.5, 8))[3].item()
+                 for r, o in zip(rows[:3], [2, 2, 1], strict=True)]  # fmt: skip
+        assert lt.adaptive_loss(model, batch, ref)[3].item() == pytest.approx(sum(alone), rel=1e-4)
+    finally:
+        for _, module, _ in modules:
+            module.lora_b = mx.zeros(module.lora_b.shape)
+
+
+def test_kl_through_the_head_average_matches_the_second_head_pass(adapted, monkeypatch) -> None:
+    """A frozen head's KL (h . sum_v p_v w_v) gives the loss and gradients that the full
+    vocabulary pass (the adapted-head path) gives."""
+    model, _, _ = adapted
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
+    batch = _batch(rows, [2, 1], [0.7, 0.3], 8)
+    modules = lt.adapter_modules(model)
+    for _, module, _ in modules:
+        module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
+    try:
+        assert lt.head_is_frozen(model)
+        grad = nn.value_and_grad(model, lt.adaptive_loss)
+        found = []
+        for frozen in (True, False):
+            monkeypatch.setattr(lt, "head_is_frozen", lambda _model, f=frozen: f)
+            ref = lt.reference(model, batch)
+            assert (ref.probs is None) == frozen
+            (loss, _, _, kl), grads = grad(model, batch, ref)
+            found.append((loss.item(), kl.item(), dict(tree_flatten(grads))))
+        (loss_a, kl_a, grads_a), (loss_b, kl_b, grads_b) = found
+        assert kl_a > 1e-4
+        assert kl_a == pytest.approx(kl_b, rel=2e-3, abs=1e-6)
+        assert loss_a == pytest.approx(loss_b, rel=1e-5)
+        for name, g in grads_a.items():
+            assert mx.abs(g - grads_b[name]).max().item() <= 1e-3 * mx.abs(g).max().item() + 1e-7
+    finally:
+        for _, module, _ in modules:
+            module.lora_b = mx.zeros(module.lora_b.shape)
+
+
+def test_an_adapted_head_is_not_frozen(world: dict) -> None:
+    model, _ = lt.load(world["model"])
+    lt.add_adapters(model, lt.LoraSpec(rank=4, keys=["self_attn.q_proj", "lm_head"]))
+    tied = "lm_head" not in model
+    assert lt.head_is_frozen(model) == tied  # a tied head is the embedding, not adapted here
+    if tied:
+        model, _ = lt.load(world["model"])
+        lt.add_adapters(model, lt.LoraSpec(rank=4, keys=["self_attn.q_proj", "model.embed_tokens"]))
+        assert not lt.head_is_frozen(model)
+
+
 def test_reference_rows_pad_to_a_power_of_two_with_weight_zero() -> None:
     rows, weights = lt.reference_rows(np.array([0, 0.5, 0, 0.2, 0.9, 0, 0, 0], np.float32))
     assert rows.tolist() == [1, 3, 4, 1] and np.allclose(weights, [0.5, 0.2, 0.9, 0])
@@ -236,6 +298,24 @@ def test_finetune_writes_an_mlx_lm_adapter(world: dict, tmp_path: Path) -> None:
     assert manifest["steps"] == 6 and manifest["risk"]["estimator"] == "constant"
     model, tokenizer = load(str(world["model"]), adapter_path=str(out))
     assert isinstance(generate(model, tokenizer, "hi", max_tokens=3), str)
+
+
+def test_progress_counts_each_steps_trained_tokens(world: dict, tmp_path: Path) -> None:
+    from localguard.data import load_dataset
+
+    model, tokenizer = lt.load(world["model"])
+    samples = load_dataset(world["train"], tokenizer, 64).samples[:12]
+    lt.add_adapters(model, lt.LoraSpec(rank=2))
+    spec = lt.TrainSpec(iters=4, batch_size=4, max_seq_length=64)
+    seen: list[dict] = []
+    lt.train(model, samples, np.zeros(len(samples)), lt.Weighting(), spec, tmp_path,
+             progress=lambda _step, m: seen.append(m))  # fmt: skip
+    lengths = np.array([len(s.tokens) for s in samples])
+    assert len(seen) == 4
+    for step, m in enumerate(seen, 1):
+        rows = lt.batch_indices(lengths, 4, step - 1, spec.seed)
+        assert m["tokens"] == sum(lengths[i] - max(samples[i].offset, 1) for i in rows)
+        assert m["tokens_per_second"] == pytest.approx(m["tokens"] / m["step_seconds"])
 
 
 def _adapters(folder: Path) -> dict[str, np.ndarray]:

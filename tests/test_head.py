@@ -23,6 +23,47 @@ from localguard.safety_head import (
     stream_metrics,
 )
 
+# --- labels ---------------------------------------------------------------------------------
+
+
+class _NoOffsets:
+    """A tokenizer that cannot report character offsets (the fallback of onset_token)."""
+
+    def __init__(self, hf) -> None:
+        self.hf = hf
+
+    def __call__(self, text: str, **kwargs):
+        if kwargs.get("return_offsets_mapping"):
+            raise NotImplementedError
+        return self.hf(text, **kwargs)
+
+
+def test_onset_is_the_token_where_the_harmful_text_starts(starter_model: Path) -> None:
+    """A fake refusal, then "Sure": the byte-level tokenizer reads " Sure" as one token, and
+    the response label must start at it, not at the "," after it (a lone " " ended the
+    tokens of the text before the onset)."""
+    from localguard.backends.mlx.loading import load_tokenizer
+    from localguard.conversations import encode_conversation, onset_token
+    from localguard.encoding import encode_text, hf_tokenizer
+
+    tokenizer = load_tokenizer(starter_model)
+    hf = hf_tokenizer(tokenizer)
+    reply = "I can't help with that. Just kidding. Sure, here is how: step one."
+    at = reply.index("Sure")
+    row = {"prompt": "hi", "response": reply, "query_label": 1, "response_label": 1}
+    conv = encode_conversation(tokenizer, {**row, "onset": at}, 512)
+    assert hf.decode([conv.tokens[conv.onset]]).strip() == "Sure"
+    labels = conv.response_labels
+    assert labels[: conv.onset - conv.start].sum() == 0 and labels[conv.onset - conv.start :].all()
+    reply_ids = encode_text(tokenizer, reply)
+    assert conv.tokens[conv.start : conv.start + len(reply_ids)] == reply_ids
+    for tok in (tokenizer, _NoOffsets(hf)):
+        assert onset_token(tok, reply, at) == onset_token(tok, reply, at - 1)  # the space
+        assert onset_token(tok, reply, at) == conv.onset - conv.start
+        assert onset_token(tok, reply, 0) == 0
+    assert encode_conversation(tokenizer, {**row, "onset": 0}, 512).onset == conv.start
+
+
 # --- calibration ------------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from tiny_models import ARCHITECTURES, make_tiny_model, tokenizer_texts
 
 from localguard.encoding import encode_text
 from localguard.errors import InputError, ModelNotFoundError
+from localguard.parity_texts import PARITY_TEXTS
 
 mx = pytest.importorskip("mlx.core")
 mlx_lm = pytest.importorskip("mlx_lm")
@@ -29,6 +30,7 @@ gguf = pytest.importorskip("gguf")
 
 from localguard import import_gguf as stage  # noqa: E402
 from localguard.backends.llamacpp import convert  # noqa: E402
+from localguard.backends.llamacpp import gguf_keys as keys  # noqa: E402
 from localguard.backends.llamacpp.convert import ExtraRow, convert_to_gguf  # noqa: E402
 from localguard.backends.llamacpp.gguf_import import (  # noqa: E402
     IMPORT_ARCHITECTURES,
@@ -55,7 +57,6 @@ QUANT_WEIGHT_ERROR = {"Q8_0": 0.01, "Q4_1": 0.12}  # relative Frobenius error of
 
 MORE_TEXTS = [
     "The old man paints the green door at 7 pm in 2024!",
-    "a  b\n\nc\t d   e\n",
     "typed <|end|> and <|bos|> and <unk> stay plain text",
 ]
 
@@ -67,7 +68,7 @@ def _glued(seed: int = 0, count: int = 40) -> list[str]:
     return ["".join(rng.choice(words) for _ in range(3)) + rng.choice(words) for _ in range(count)]
 
 
-TEXTS = stage.PARITY_TEXTS + MORE_TEXTS + _glued()
+TEXTS = PARITY_TEXTS + MORE_TEXTS + _glued()
 
 # --- fixtures -----------------------------------------------------------------------------
 
@@ -175,8 +176,8 @@ def test_config_round_trip(case: str, models: dict[str, Path], gguf_file, import
     assert got["model_type"] == {"mistral": "llama"}.get(want["model_type"], want["model_type"])
     assert got["rms_norm_eps"] == want["rms_norm_eps"]
     assert got["rope_theta"] == want["rope_theta"]
-    if want["model_type"] != "phi3":
-        assert got["head_dim"] == want.get("head_dim", want["hidden_size"] // 4)
+    if want["model_type"] != "phi3":  # only where the source had one (its key length)
+        assert got.get("head_dim") == want.get("head_dim")
     assert got.get("rope_scaling") == want.get("rope_scaling")  # llama: Llama 3 scaling
     if want["model_type"] == "gemma3_text":
         for key in ("sliding_window", "rope_local_base_freq", "query_pre_attn_scalar"):
@@ -186,6 +187,10 @@ def test_config_round_trip(case: str, models: dict[str, Path], gguf_file, import
     reader = gguf.GGUFReader(str(gguf_file(case)))
     general = {k: f.contents() for k, f in reader.fields.items() if k.startswith("general.")}
     assert provenance["general"] == general and general["general.architecture"]
+    types = {k: [t.name for t in reader.fields[k].types] for k in general}
+    assert provenance["general_types"] == types
+    flags = {k: reader.fields[k].contents() for k in keys.TOKENIZER_FLAGS if k in reader.fields}
+    assert provenance["tokenizer"]["flags"] == flags and flags
     assert provenance["sha256"] == report["sha256"]
     assert set(provenance["tensor_types"]) == {"F32"}
 
@@ -215,7 +220,7 @@ def test_tokenizer_matches_the_original_and_llama_cpp(
 ) -> None:
     folder, report = imported(case)
     tok = report["parity"]["tokenization"]
-    assert tok["equal"] == tok["total"] == len(stage.PARITY_TEXTS), tok["differ"]
+    assert tok["equal"] == tok["total"] == len(PARITY_TEXTS), tok["differ"]
     original, new = _hf_tokenizer(models[case]), _hf_tokenizer(folder)
     with GGUFModel(gguf_file(case), n_ctx=256) as llm:
         for text in TEXTS:
@@ -344,6 +349,67 @@ def test_quantized_file_imports_as_its_dequantized_weights(
         if value.ndim == 2:  # q/k rows in the right order again, up to quantization error
             error = np.linalg.norm(got[name] - value) / np.linalg.norm(value)
             assert error < QUANT_WEIGHT_ERROR[type_name], (name, error)
+
+
+MODEL_CARD = """---
+license: mit
+language:
+- en
+- fr
+base_model: example-org/Base-Model-1B
+tags:
+- tiny
+---
+# A tiny model
+"""
+
+
+def _typed_fields(path: Path) -> dict[str, tuple[list[str], object]]:
+    """Every metadata key of a GGUF file: its value types and value."""
+    reader = gguf.GGUFReader(str(path))
+    return {
+        k: ([t.name for t in f.types], f.contents())
+        for k, f in reader.fields.items()
+        if not k.startswith("GGUF.")
+    }
+
+
+@pytest.mark.parametrize("case", ["llama-bytelevel", "mistral-spm"])
+def test_an_export_of_an_import_writes_the_source_keys_back(
+    case: str, models: dict[str, Path], root: Path
+) -> None:
+    """A hub folder with a model card and add_prefix_space -> GGUF -> import -> GGUF again: the
+    second file has the first one's provenance and tokenizer switches with their types, and (a
+    byte-level vocabulary coming back unchanged) every other key too. A SentencePiece one comes
+    back with other scores (the same merges), so there only the switches and provenance count."""
+    import shutil
+
+    folder = root / "card" / case
+    shutil.copytree(models[case], folder)
+    (folder / "README.md").write_text(MODEL_CARD)
+    tok_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**tok_config, "add_prefix_space": False})
+    )
+    first = root / "card" / f"{case}.gguf"
+    convert_to_gguf(folder, first, outtype="f32")
+    out = root / "card" / f"{case}-import"
+    stage.import_model(first, out, measure=False)
+    again = root / "card" / f"{case}-again.gguf"
+    convert_to_gguf(out, again, outtype="f32")
+    want, got = _typed_fields(first), _typed_fields(again)
+    assert want["general.license"] == (["STRING"], "mit")
+    assert want["general.languages"] == (["ARRAY", "STRING"], ["en", "fr"])
+    assert want["general.base_model.count"] == (["UINT32"], 1)
+    assert want["general.name"][1].lower().split() == case.split("-")  # llama.cpp: the folder
+    if case == "llama-bytelevel":  # llama.cpp's llama converter: tokenizer_config.json's
+        assert want[gguf.Keys.Tokenizer.ADD_PREFIX] == (["BOOL"], False)
+        assert got == want
+    else:  # SentencePiece: tokenizer.json's normalizer decides the space prefix
+        assert want[gguf.Keys.Tokenizer.ADD_PREFIX] == (["BOOL"], True)
+        same = [k for k in want if k.startswith("general.") or k in keys.TOKENIZER_FLAGS]
+        assert {k: got.get(k) for k in same} == {k: want[k] for k in same}
+        assert set(got) == set(want)
 
 
 def test_export_with_a_safety_head_imports_without_it(models: dict[str, Path], root: Path):

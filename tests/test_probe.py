@@ -12,11 +12,14 @@ from tiny_models import ARCHITECTURES, make_tiny_model
 from localguard.errors import InputError
 from localguard.fingerprint import model_fingerprint
 from localguard.probe import (
+    L2_GRID,
     Probe,
     check_probe_matches,
+    choose_l2,
     fit_probe,
     load_probe,
     save_probe,
+    stratified_split,
 )
 
 # --- fitting ------------------------------------------------------------------------------
@@ -73,6 +76,84 @@ def test_fit_rejects_too_few_examples() -> None:
     features = np.zeros((5, 3))
     with pytest.raises(InputError, match="at least 2 examples of each label, got 4 .* 1"):
         fit_probe(features, np.array([0, 0, 0, 0, 1]))
+
+
+def _contrast(n: int = 300, d: int = 40, seed: int = 0):
+    """Like hidden states: a shared factor swamps every feature, and the label shifts one of
+    them, so separating the classes takes a contrast a strong penalty will not fit."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    features = 3.0 * rng.normal(size=(n, 1)) + 0.3 * rng.normal(size=(n, d))
+    features[:, 0] += 2 * labels - 1
+    return features.astype(np.float32), labels
+
+
+def test_auto_l2_fits_what_a_strong_penalty_underfits() -> None:
+    features, labels = _contrast()
+    _, strong = fit_probe(features, labels, l2=100.0)
+    _, auto = fit_probe(features, labels, l2="auto")
+    assert strong["l2"] == 100.0 and strong["l2_auto"] is False and "l2_cv" not in strong
+    assert auto["l2_auto"] is True and auto["l2"] < 100.0
+    assert auto["auroc"] > 0.97 and strong["auroc"] < 0.85
+    cv = auto["l2_cv"]
+    assert cv["l2"] == list(L2_GRID) and cv["folds"] == 5 and auto["l2"] == choose_l2(cv)
+    assert len(cv["auroc"]) == len(cv["auroc_se"]) == len(L2_GRID)
+
+
+def test_auto_l2_stays_strong_among_noise_features() -> None:
+    """Three useful features among 1000 and 100 examples: a weak penalty fits the noise ones."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(100) % 2
+    features = rng.normal(size=(100, 1000))
+    features[:, :3] += 2 * labels[:, None] - 1
+    _, metrics = fit_probe(features, labels, l2="auto")
+    assert metrics["l2"] == max(L2_GRID)
+
+
+def test_auto_l2_never_sees_the_validation_split() -> None:
+    """The choice of penalty and the fit use the training split alone: scrambling the
+    validation rows changes the validation metrics but not the chosen penalty or its scores."""
+    features, labels = _contrast(n=200)
+    _, valid = stratified_split(labels, 0.2, seed=0)
+    scrambled = features.copy()
+    scrambled[valid] = np.random.default_rng(9).normal(size=scrambled[valid].shape)
+    probe, metrics = fit_probe(features, labels, l2="auto")
+    other, other_metrics = fit_probe(scrambled, labels, l2="auto")
+    assert other_metrics["l2_cv"] == metrics["l2_cv"] and other_metrics["l2"] == metrics["l2"]
+    assert np.array_equal(other.weight, probe.weight)
+    assert other_metrics["auroc"] != metrics["auroc"]
+
+
+def test_auto_l2_is_deterministic() -> None:
+    features, labels = _contrast(n=120, d=200)
+    a, metrics_a = fit_probe(features, labels, seed=3, l2="auto")
+    b, metrics_b = fit_probe(features, labels, seed=3, l2="auto")
+    assert np.array_equal(a.weight, b.weight) and metrics_a == metrics_b
+
+
+def test_choose_l2_takes_the_strongest_that_ranks_about_as_well() -> None:
+    cv = {
+        "l2": [0.1, 1.0, 10.0, 100.0],
+        "auroc": [0.999, 0.992, 0.985, 0.93],
+        "auroc_se": [0.001, 0.002, 0.003, 0.01],
+    }
+    assert choose_l2(cv) == 1.0  # within 0.01 of the best; 0.985 is not
+    assert choose_l2({**cv, "auroc_se": [0.02, 0.002, 0.003, 0.01]}) == 10.0  # 1 SE is wider
+    assert choose_l2({**cv, "auroc": [0.90, 0.95, 0.97, 0.80]}) == 10.0  # the best itself
+
+
+def test_auto_l2_with_too_few_examples_to_cross_validate() -> None:
+    """Two of each label leave one of each for training: no folds, the strongest penalty."""
+    features = np.array([[0.0, 1.0], [0.1, 0.9], [1.0, 0.0], [0.9, 0.2]])
+    _, metrics = fit_probe(features, np.array([0, 0, 1, 1]), l2="auto")
+    assert metrics["l2"] == max(L2_GRID) and metrics["l2_cv"] is None
+
+
+@pytest.mark.parametrize("l2", ["fast", "Auto", -1.0, float("nan"), float("inf"), True, None])
+def test_bad_l2_is_input_error(l2) -> None:
+    features, labels = _blobs(n=40, d=4)
+    with pytest.raises(InputError, match="l2 must be a non-negative number or 'auto'"):
+        fit_probe(features, labels, l2=l2)
 
 
 # --- files --------------------------------------------------------------------------------
@@ -275,3 +356,43 @@ def test_train_probe_needs_two_of_each_label(models: dict[str, Path], tmp_path: 
     with pytest.raises(InputError, match="got 3 benign .0. and 1 harmful"):
         train_probe(models["llama"], [[5], [6], [7], [8]], [0, 0, 0, 1], tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+def test_probe_train_command_prints_and_records_the_penalty(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """--l2 takes a number or auto (the default); a bad value is one line naming --l2 before
+    any work; the penalty used is printed and saved in head.json with the grid's scores."""
+    from click.testing import CliRunner
+
+    from localguard.cli import cli
+
+    data = tmp_path / "prompts.jsonl"
+    words = ["cat", "river", "robot", "bird", "map", "door", "lamp", "tree", "cup", "ship"]
+    rows = [
+        {
+            "prompt": f"How do I hurt the {w}?" if i % 2 else f"Tell me about the {w}.",
+            "label": i % 2,
+        }
+        for i, w in enumerate(words * 2)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["probe", "train", "--model", str(models["llama"]), "--data", str(data)]
+
+    bad = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "bad"), "--l2", "fast"])
+    assert bad.exit_code == 2
+    assert bad.output == "error: --l2 must be a number or 'auto', not a string ('fast')\n"
+    assert not (tmp_path / "bad").exists()
+
+    auto = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    metrics = json.loads((tmp_path / "auto" / "head.json").read_text())["metrics"]
+    assert metrics["l2_auto"] is True and metrics["l2"] in L2_GRID
+    assert metrics["l2_cv"]["folds"] == 5 and metrics["l2_cv"]["l2"] == list(L2_GRID)
+    assert f"L2 {metrics['l2']:.3g} (auto, 5-fold CV)" in auto.output
+
+    fixed = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "fixed"), "--l2", "2.5"])
+    assert fixed.exit_code == 0, fixed.output
+    assert "L2 2.5 ->" in fixed.output
+    metrics = json.loads((tmp_path / "fixed" / "head.json").read_text())["metrics"]
+    assert metrics["l2"] == 2.5 and metrics["l2_auto"] is False

@@ -8,7 +8,7 @@ import pytest
 
 from localguard.errors import RecipeError
 from localguard.plan import build_plan, format_plan
-from localguard.recipe import SCHEMA, load_recipe
+from localguard.recipe import SCHEMA, load_recipe, option_value
 
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo.toml"
 
@@ -138,6 +138,9 @@ def test_overrides_win_and_resolve_against_the_working_directory(tmp_path, monke
             "finetune.beta_min (0.8) is above finetune.beta_max (0.2)",
         ),
         ("[finetune]\nrisk = 'critic'\n", "finetune.risk = 'critic' needs finetune.critic"),
+        ("[probe]\nl2 = 'fast'\n", "probe.l2 must be a number or 'auto', not a string ('fast')"),
+        ("[probe]\nl2 = true\n", "probe.l2 must be a number or 'auto', not a boolean (True)"),
+        ("[probe]\nl2 = -1\n", "probe.l2 = -1.0 is below the minimum 0"),
     ],
 )
 def test_bad_recipes_name_file_key_and_fix(tmp_path, text, expected):
@@ -172,6 +175,25 @@ def test_missing_recipe_file(tmp_path):
 )
 def test_bad_overrides(tmp_path, override, expected):
     assert expected in error_of(write(tmp_path, ""), [override])
+
+
+def test_probe_l2_is_a_number_or_auto(tmp_path):
+    assert load_recipe(None)["probe"]["l2"] == "auto"
+    assert load_recipe(write(tmp_path, "[probe]\nl2 = 3\n"))["probe"]["l2"] == 3.0
+    fixed = write(tmp_path, "[probe]\nl2 = 0.5\n", "fixed.toml")
+    assert load_recipe(fixed, ["probe.l2=auto"])["probe"]["l2"] == "auto"
+    assert load_recipe(None, ["probe.l2=1e-1"])["probe"]["l2"] == pytest.approx(0.1)
+    assert "probe.l2 must be a number or 'auto'" in error_of(fixed, ["probe.l2=Auto"])
+
+
+def test_option_value_checks_a_command_line_value_as_its_recipe_key():
+    assert option_value("probe", "l2", "auto", "--l2") == "auto"
+    assert option_value("probe", "l2", "10", "--l2") == 10.0
+    with pytest.raises(RecipeError) as info:
+        option_value("probe", "l2", "fast", "--l2")
+    assert str(info.value) == "--l2 must be a number or 'auto', not a string ('fast')"
+    with pytest.raises(RecipeError, match="--l2 = -2.0 is below the minimum 0"):
+        option_value("probe", "l2", "-2", "--l2")
 
 
 def test_an_override_can_fix_a_relation(tmp_path):

@@ -12,6 +12,11 @@ Safety-head rows ride along as extra rows of the output matrix (of the shared to
 when tied), each with its own control token, so llama.cpp computes the head's logits at every
 step for free. llama.cpp has no output bias: the biases travel as `localguard.head.*` metadata.
 
+Provenance travels as llama.cpp's converter writes it: a folder that `localguard import` made
+gets its source file's general.* keys (licence, name, organization, base models, languages ...)
+and tokenizer switches back as they were; any other folder gets what gguf-py's Metadata (the
+converter's own code) reads from its README.md front matter, config.json and folder name.
+
 The output is written under a temporary name and renamed at the end: a failure leaves no file.
 Tensors are converted one at a time while writing, so memory stays near one tensor's size.
 """
@@ -29,18 +34,29 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from localguard.backends.llamacpp.gguf_keys import HEAD_BIAS, HEAD_NAMES, HEAD_TOKEN_IDS
+from localguard.backends.llamacpp.gguf_keys import (
+    FILE_KEYS,
+    GENERAL_PREFIX,
+    HEAD_BIAS,
+    HEAD_NAMES,
+    HEAD_TOKEN_IDS,
+    TOKENIZER_FLAGS,
+)
 from localguard.backends.llamacpp.gguf_vocab import (
     Vocab,
     add_control_tokens,
     load_vocab,
     pad_vocab,
+    read_json,
     write_vocab,
 )
 from localguard.errors import InputError
 from localguard.files import temporary_name
 
 OUTTYPES = ("f16", "f32")
+IMPORT_SECTION = "localguard_import"
+"""The config.json key where an imported model keeps where it came from (gguf_import.py writes
+it; provenance and tokenizer_flags read it)."""
 HEAD_TOKEN = "<|localguard_{}|>"
 GEMMA3_SWA_PATTERN = 6  # llama.cpp fixes Gemma 3 at 5 sliding-window layers + 1 global layer
 
@@ -250,13 +266,14 @@ def _rope_type(scaling: dict) -> str:
 @dataclass(frozen=True)
 class HParam:
     """One GGUF hyperparameter and the config.json value behind it. The exporter writes
-    value(config) under key; the importer (gguf_import.py) reads the key back into config_key
-    (None: derived there from other keys)."""
+    value(config) under key (None: the key is left out, llama.cpp's default applies); the
+    importer (gguf_import.py) reads the key back into config_key (None: derived there from other
+    keys)."""
 
     key: str  # a gguf.Keys template with {arch}
     config_key: str | None
     kind: type  # int (UINT32) or float (FLOAT32)
-    value: Callable[[dict], int | float]
+    value: Callable[[dict], int | float | None]
 
 
 COMMON_HPARAMS: tuple[HParam, ...] = (
@@ -287,8 +304,9 @@ COMMON_HPARAMS: tuple[HParam, ...] = (
         float,
         lambda c: c.get("rms_norm_eps", 1e-6),
     ),
-    HParam(gguf.Keys.Attention.KEY_LENGTH, "head_dim", int, lambda c: _head_dim(c)),
-    HParam(gguf.Keys.Attention.VALUE_LENGTH, None, int, lambda c: _head_dim(c)),
+    # written for an explicit head_dim only, as llama.cpp's converter does (default: hidden/heads)
+    HParam(gguf.Keys.Attention.KEY_LENGTH, "head_dim", int, lambda c: c.get("head_dim")),
+    HParam(gguf.Keys.Attention.VALUE_LENGTH, None, int, lambda c: c.get("head_dim")),
     HParam(gguf.Keys.Rope.DIMENSION_COUNT, None, int, lambda c: _rope_dims(c)),
     HParam(gguf.Keys.Rope.FREQ_BASE, "rope_theta", float, lambda c: rope_settings(c)[0]),
 )
@@ -298,8 +316,11 @@ COMMON_HPARAMS: tuple[HParam, ...] = (
 def _common_hparams(w: gguf.GGUFWriter, config: dict) -> None:
     """The keys every supported architecture reads (COMMON_HPARAMS), then linear rope scaling."""
     for param in COMMON_HPARAMS:
+        value = param.value(config)
+        if value is None:
+            continue
         add = w.add_uint32 if param.kind is int else w.add_float32
-        add(param.key.format(arch=w.arch), param.kind(param.value(config)))
+        add(param.key.format(arch=w.arch), param.kind(value))
     _, scaling = rope_settings(config)
     if scaling and _rope_type(scaling) == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -590,13 +611,89 @@ _PHI3_NAME = re.compile(r"phi-?3", re.IGNORECASE)
 _PHI3_TOKENS = ("<unk>", "<s>", "</s>", "<|endoftext|>")
 
 
-def model_name(model_dir: Path, vocab: Vocab) -> str | None:
-    """general.name, the folder's name, left out where it would crash llama.cpp: a name with
-    "phi3"/"phi-3" in it makes llama.cpp look up Phi-3's own special tokens by text."""
-    name = model_dir.resolve().name
-    if _PHI3_NAME.search(name) and not set(_PHI3_TOKENS) <= set(vocab.tokens):
-        return None
-    return name
+def _safe_name(name: str, vocab: Vocab) -> bool:
+    """False for a general.name that would crash llama.cpp: with "phi3"/"phi-3" in it,
+    llama.cpp looks up Phi-3's own special tokens by text."""
+    return not _PHI3_NAME.search(name) or set(_PHI3_TOKENS) <= set(vocab.tokens)
+
+
+def provenance(
+    config: dict, card_dir: Path, vocab: Vocab, n_params: int
+) -> dict[str, gguf.GGUFValue]:
+    """The general.* keys to write (without gguf_keys.FILE_KEYS): an import's recorded ones,
+    else what llama.cpp's converter writes for card_dir; a name llama.cpp trips on is left out."""
+    record = config.get(IMPORT_SECTION)
+    if isinstance(record, dict) and isinstance(record.get("general"), dict):
+        out = _recorded_general(record, card_dir / "config.json")
+    else:
+        out = _card_general(card_dir, n_params)
+    name = out.get(gguf.Keys.General.NAME)
+    if name is not None and not _safe_name(str(name.value), vocab):
+        del out[gguf.Keys.General.NAME]
+    return out
+
+
+def _recorded_general(record: dict, where: Path) -> dict[str, gguf.GGUFValue]:
+    """The source's general.* keys as the import recorded them, with their GGUF types (an import
+    made before the types were recorded: typed as add_metadata types values)."""
+    types = record.get("general_types") or {}
+    out = {}
+    for key, value in record["general"].items():
+        if not key.startswith(GENERAL_PREFIX) or key in FILE_KEYS:
+            continue
+        try:
+            names = types.get(key)
+            if names:
+                kind = gguf.GGUFValueType[names[0]]
+                sub = gguf.GGUFValueType[names[1]] if kind == gguf.GGUFValueType.ARRAY else None
+            else:
+                kind, sub = _value_type(key, value)
+        except (KeyError, TypeError, IndexError, InputError):
+            raise InputError(f"{where}: {IMPORT_SECTION} has an unreadable {key}") from None
+        out[key] = gguf.GGUFValue(value, kind, sub)
+    return out
+
+
+def _card_general(card_dir: Path, n_params: int) -> dict[str, gguf.GGUFValue]:
+    """What llama.cpp's converter writes for a Hugging Face folder, through its own code
+    (gguf-py's Metadata): the README.md front matter (licence, base models, languages, tags,
+    datasets ...), config.json's model id, generation_config.json's sampling settings, names
+    guessed from the folder's name, the size label from the parameter count; type "model"."""
+    import yaml
+
+    try:
+        meta = gguf.Metadata.load(None, card_dir, None, n_params)
+    except (yaml.YAMLError, ValueError, OSError) as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError(f"{card_dir}: the model card is not readable ({reason})") from None
+    if meta.name is None:
+        meta.name = card_dir.resolve().name
+    if meta.size_label is None and n_params > 0:
+        meta.size_label = gguf.size_label(n_params, 0, 0, 0)
+    scratch = gguf.GGUFWriter(None, "llama")  # only its general.* keys are used
+    scratch.add_type(gguf.GGUFType.MODEL)
+    meta.set_gguf_meta_model(scratch)
+    return {k: v for k, v in scratch.kv_data[0].items() if k not in FILE_KEYS}
+
+
+def tokenizer_flags(config: dict, arch: Arch, vocab: Vocab, model_dir: Path) -> dict:
+    """Tokenizer switches (gguf_keys.TOKENIZER_FLAGS) to write instead of what gguf-py's
+    SpecialVocab derives, key -> bool or None (left out): an import's recorded switches, each
+    as its source had it; elsewhere the add_prefix_space of tokenizer_config.json, which
+    llama.cpp's llama converter writes (a SentencePiece vocabulary's comes from tokenizer.json)."""
+    record = config.get(IMPORT_SECTION)
+    tokenizer = record.get("tokenizer") if isinstance(record, dict) else None
+    if isinstance(tokenizer, dict) and isinstance(tokenizer.get("flags"), dict):
+        flags = tokenizer["flags"]
+        return {k: (bool(flags[k]) if k in flags else None) for k in TOKENIZER_FLAGS}
+    path = model_dir / "tokenizer_config.json"
+    llama = arch.gguf_arch == gguf.MODEL_ARCH.LLAMA
+    if vocab.add_space_prefix is None and llama and path.is_file():
+        data = read_json(path)
+        value = data.get("add_prefix_space") if isinstance(data, dict) else None
+        if isinstance(value, bool):
+            return {gguf.Keys.Tokenizer.ADD_PREFIX: value}
+    return {}
 
 
 def write_metadata(
@@ -608,17 +705,18 @@ def write_metadata(
     extra_rows: list[ExtraRow],
     first_extra_id: int,
     outtype: str,
+    general: dict[str, gguf.GGUFValue],
 ) -> None:
-    name = model_name(model_dir, vocab)
-    if name:
-        w.add_name(name)
+    """Provenance (general), file type, hyperparameters, vocabulary and the head's rows."""
+    for key, value in general.items():
+        w.add_key_value(key, value.value, value.type, value.sub_type)
     w.add_file_type(
         gguf.LlamaFileType.MOSTLY_F16 if outtype == "f16" else gguf.LlamaFileType.ALL_F32
     )
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_vocab_size(len(vocab))
     arch.hparams(w, config)
-    write_vocab(w, vocab, model_dir)
+    write_vocab(w, vocab, model_dir, tokenizer_flags(config, arch, vocab, model_dir))
     if extra_rows:
         w.add_array(HEAD_NAMES, [r.name for r in extra_rows])
         ids = list(range(first_extra_id, first_extra_id + len(extra_rows)))
@@ -631,25 +729,35 @@ def write_metadata(
         )
 
 
+_KINDS = {
+    str: gguf.GGUFValueType.STRING,
+    bool: gguf.GGUFValueType.BOOL,
+    int: gguf.GGUFValueType.UINT32,
+    float: gguf.GGUFValueType.FLOAT32,
+}
+
+
+def _value_type(key: str, value) -> tuple[gguf.GGUFValueType, gguf.GGUFValueType | None]:
+    """(type, element type or None) of a metadata value: str, bool, int (>= 0: UINT32, else
+    INT32), float (FLOAT32), or a non-empty list of one of those (ARRAY)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    kind = {type(v) for v in items}
+    if len(kind) != 1 or next(iter(kind)) not in _KINDS or not items:
+        raise InputError(f"metadata {key}: unsupported value {value!r}")
+    element = _KINDS[next(iter(kind))]
+    if element == gguf.GGUFValueType.UINT32 and min(items) < 0:
+        element = gguf.GGUFValueType.INT32
+    if isinstance(value, (list, tuple)):
+        return gguf.GGUFValueType.ARRAY, element
+    return element, None
+
+
 def add_metadata(w: gguf.GGUFWriter, metadata: dict) -> None:
-    """Extra key/value pairs (localguard.*): str, bool, int (>= 0: UINT32), float (FLOAT32),
-    or lists of one of those."""
-    kinds = {
-        str: gguf.GGUFValueType.STRING,
-        bool: gguf.GGUFValueType.BOOL,
-        int: gguf.GGUFValueType.UINT32,
-        float: gguf.GGUFValueType.FLOAT32,
-    }
+    """Extra key/value pairs (localguard.*), typed by _value_type."""
     for key, value in metadata.items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        kind = {type(v) for v in items}
-        if len(kind) != 1 or next(iter(kind)) not in kinds or not items:
-            raise InputError(f"metadata {key}: unsupported value {value!r}")
-        kind = kinds[next(iter(kind))]
-        if kind == gguf.GGUFValueType.UINT32 and min(items) < 0:
-            kind = gguf.GGUFValueType.INT32
-        if isinstance(value, (list, tuple)):
-            w.add_key_value(key, list(value), gguf.GGUFValueType.ARRAY, kind)
+        kind, element = _value_type(key, value)
+        if kind == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(key, list(value), kind, element)
         else:
             w.add_key_value(key, value, kind)
 
@@ -684,12 +792,15 @@ def convert_to_gguf(
     outtype: str = "f16",
     progress: Progress | None = None,
     metadata: dict | None = None,
+    card_dir: Path | None = None,
 ) -> dict:
     """Convert a Hugging Face model folder to one GGUF file that stock llama.cpp loads.
 
     metadata: extra key/value pairs (see add_metadata), e.g. the head's thresholds.
+    card_dir: the folder whose model card and name describe the model (default model_dir; the
+    export passes the base folder when it converts a fused copy of it).
     Returns a summary: architecture, outtype, vocabulary size, tensor count, tokenizer kind,
-    and the token id of each extra row (by name).
+    the token id of each extra row (by name), and the general.* keys written (provenance).
     """
     model_dir, out_path = Path(model_dir).expanduser(), Path(out_path).expanduser()
     extra_rows = list(extra_rows or [])
@@ -703,9 +814,12 @@ def convert_to_gguf(
     n_rows = _vocab_rows(refs, vocab, model_dir)
     vocab = add_control_tokens(pad_vocab(vocab, n_rows), [r.token for r in extra_rows])
     plan = plan_tensors(arch, config, refs, n_rows, extra_rows, outtype)
+    n_params = sum(math.prod(t.shape) for t in plan)
+    card = Path(card_dir).expanduser() if card_dir is not None else model_dir
+    general = provenance(config, card, vocab, n_params)
 
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch.gguf_arch])
-    write_metadata(writer, model_dir, arch, config, vocab, extra_rows, n_rows, outtype)
+    write_metadata(writer, model_dir, arch, config, vocab, extra_rows, n_rows, outtype, general)
     add_metadata(writer, dict(metadata or {}))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(out_path)
@@ -731,4 +845,5 @@ def convert_to_gguf(
         "tokenizer": vocab.model,
         "pre_tokenizer": vocab.pre,
         "extra_token_ids": {r.name: n_rows + i for i, r in enumerate(extra_rows)},
+        "provenance": {k: v.value for k, v in general.items()},
     }

@@ -11,7 +11,9 @@ Users run a GGUF in llama.cpp; fine-tuning that very model needs it back in Hugg
   the result is checked by running the exporter's own hparams writer on it, which must give the
   file's values back;
 - tokenizer.json and tokenizer_config.json from the vocabulary (gguf_tokenizer.py);
-- provenance: the file's general.* keys in config.json's `localguard_import` section.
+- provenance: config.json's `localguard_import` section keeps the file's general.* keys with
+  their GGUF value types and its tokenizer switches (gguf_keys.TOKENIZER_FLAGS, as the file has
+  them), which the exporter writes back (convert.py).
 
 The architectures are the exporter's (convert.ARCHITECTURES): a llama.cpp architecture that
 several model types share ("llama": Llama and Mistral) imports as the first of them. Safety-head
@@ -34,10 +36,15 @@ from localguard.backends.llamacpp.convert import (
     ARCHITECTURES,
     COMMON_HPARAMS,
     GEMMA3_SWA_PATTERN,
+    IMPORT_SECTION,
     architecture,
     llama3_rope_factors,
 )
-from localguard.backends.llamacpp.gguf_keys import HEAD_TOKEN_IDS
+from localguard.backends.llamacpp.gguf_keys import (
+    GENERAL_PREFIX,
+    HEAD_TOKEN_IDS,
+    TOKENIZER_FLAGS,
+)
 from localguard.backends.llamacpp.gguf_tokenizer import (
     GGUFVocab,
     build_tokenizer,
@@ -49,8 +56,9 @@ from localguard.backends.llamacpp.gguf_tokenizer import (
 from localguard.errors import InputError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-IMPORT_SECTION = "localguard_import"
-"""The config.json key that keeps where the model came from (the GGUF's general.* keys)."""
+EXPLICIT_HEAD_DIM = frozenset({"qwen3", "gemma3_text"})
+"""Model types whose mlx-lm class needs head_dim in config.json even where the file leaves the
+key length to llama.cpp's default (hidden / heads); the others get head_dim only from the file."""
 
 Progress = Callable[[int, int, str], None]
 """progress(tensors_done, tensors_total, hf_tensor_name), called after each tensor."""
@@ -322,6 +330,8 @@ def build_config(
         config.update(info.extras(get, config))
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
+    if values[gguf.Keys.Attention.KEY_LENGTH] is None and model_type not in EXPLICIT_HEAD_DIM:
+        config.pop("head_dim", None)  # as the source config lacked it (the exporter's rule)
     eos = [vocab.special[k] for k in ("eos", "eot", "eom") if k in vocab.special]
     eos = list(dict.fromkeys(eos))
     for kind, key in (("bos", "bos_token_id"), ("pad", "pad_token_id")):
@@ -532,7 +542,7 @@ def import_gguf(
     """
     path, out_dir = Path(path), Path(out_dir)
     where = path.name
-    _reader, fields, tensor_list = read_gguf(path)
+    reader, fields, tensor_list = read_gguf(path)
     arch_name = fields.get("general.architecture")
     types = model_types()
     if arch_name not in types:
@@ -561,14 +571,19 @@ def import_gguf(
         raise InputError(f"{where}: {exc}") from None
     dtype = choose_dtype(dtype, tensor_list, model_type)
     config["torch_dtype"] = dtype
-    general = {k: v for k, v in fields.items() if k.startswith("general.")}
+    general = {k: v for k, v in fields.items() if k.startswith(GENERAL_PREFIX)}
     counts = Counter(t.tensor_type.name for t in tensor_list)
     config[IMPORT_SECTION] = {
         "gguf_file": path.name,
         **(source or {}),
         "general": general,
+        "general_types": {k: [t.name for t in reader.fields[k].types] for k in general},
         "tensor_types": dict(sorted(counts.items())),
-        "tokenizer": {"model": vocab.model, "pre": vocab.pre},
+        "tokenizer": {
+            "model": vocab.model,
+            "pre": vocab.pre,
+            "flags": {k: bool(fields[k]) for k in TOKENIZER_FLAGS if k in fields},
+        },
     }
     plan = plan_tensors(tensors, model_type, config, n_vocab, where)
     write_safetensors(out_dir / "model.safetensors", plan, dtype, progress)

@@ -4,9 +4,14 @@ llama.cpp runtime's reader, as gguf-py's constants.py is for llama.cpp's own key
 The head's output rows sit after the vocabulary in the output matrix; these keys name them, give
 their token ids, biases, thresholds and the scale their weights were stored at, and carry the
 guard's settings so `localguard chat MODEL.gguf` needs no other file.
+
+Which of llama.cpp's own keys (gguf-py's names) an import records from its source and an export
+writes back is decided here too: the provenance (general.*) and the tokenizer switches.
 """
 
 from __future__ import annotations
+
+import gguf
 
 KEY_PREFIX = "localguard."
 VERSION = "localguard.version"
@@ -37,3 +42,25 @@ Stock llama.cpp tools cannot mask the rows, and at full size they would take abo
 probability mass on the starter demo (the hidden state leans hard into the safety direction); at
 1/16 about 0.04 %, like any unremarkable token. A power of two: the F16 rows keep every mantissa
 bit."""
+
+
+GENERAL_PREFIX = "general."
+FILE_KEYS = frozenset(
+    {
+        gguf.Keys.General.ARCHITECTURE,
+        gguf.Keys.General.FILE_TYPE,
+        gguf.Keys.General.QUANTIZATION_VERSION,
+        gguf.Keys.General.ALIGNMENT,
+    }
+)
+"""general.* keys that describe one file (its layout and weight types), not the model: never
+carried from a source into an export; every other general.* key is provenance (name, licence,
+organization, base models, languages, ...) and travels."""
+
+TOKENIZER_FLAGS = (
+    gguf.Keys.Tokenizer.ADD_BOS,
+    gguf.Keys.Tokenizer.ADD_EOS,
+    gguf.Keys.Tokenizer.ADD_PREFIX,
+)
+"""Tokenizer switches an import records as its source has them (absent ones stay absent) and
+an export of that import writes back unchanged."""

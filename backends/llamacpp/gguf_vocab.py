@@ -70,13 +70,13 @@ def load_vocab(model_dir: Path) -> Vocab:
     """The folder's tokenizer as a Vocab (tokenizer.json first, else tokenizer.model)."""
     path = model_dir / "tokenizer.json"
     if path.is_file():
-        return vocab_from_tokenizer_json(_read_json(path), path)
+        return vocab_from_tokenizer_json(read_json(path), path)
     if (model_dir / "tokenizer.model").is_file():
         return vocab_from_sentencepiece(model_dir / "tokenizer.model")
     raise InputError(f"{model_dir} has no tokenizer.json or tokenizer.model")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -271,17 +271,32 @@ def _append(vocab: Vocab, texts: list[str], kind: int) -> Vocab:
     )
 
 
-def write_vocab(writer: gguf.GGUFWriter, vocab: Vocab, model_dir: Path) -> None:
-    """The tokenizer.ggml.* keys: tokens, types, scores or merges, special ids, chat template."""
+_SPECIAL_FLAGS = {gguf.Keys.Tokenizer.ADD_BOS: "bos", gguf.Keys.Tokenizer.ADD_EOS: "eos"}
+"""The add-token switches by the name gguf-py's SpecialVocab gives them."""
+
+
+def write_vocab(
+    writer: gguf.GGUFWriter, vocab: Vocab, model_dir: Path, flags: dict | None = None
+) -> None:
+    """The tokenizer.ggml.* keys: tokens, types, scores or merges, special ids, chat template,
+    and the add-BOS/EOS/space-prefix switches as the folder's files give them, except those in
+    flags (key -> bool, or None to leave the key out)."""
+    flags = dict(flags or {})
     writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre or "default")
     writer.add_token_list(vocab.tokens)
     writer.add_token_types(vocab.types)
     if vocab.scores is not None:
         writer.add_token_scores(vocab.scores)
-    if vocab.add_space_prefix is not None:
-        writer.add_add_space_prefix(vocab.add_space_prefix)
+    prefix = flags.pop(gguf.Keys.Tokenizer.ADD_PREFIX, vocab.add_space_prefix)
+    if prefix is not None:
+        writer.add_add_space_prefix(bool(prefix))
     special = gguf.SpecialVocab(model_dir, load_merges=vocab.model == "gpt2", n_vocab=len(vocab))
     if vocab.model == "gpt2" and not special.merges:
         raise InputError(f"{model_dir}: the byte-level BPE tokenizer has no merges")
+    for key, value in flags.items():
+        if value is None:
+            special.add_special_token.pop(_SPECIAL_FLAGS[key], None)
+        else:
+            special.add_special_token[_SPECIAL_FLAGS[key]] = bool(value)
     special.add_to_gguf(writer, quiet=True)

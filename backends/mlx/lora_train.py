@@ -207,23 +207,55 @@ def save_adapters(model: nn.Module, adapter_config: dict, folder: Path) -> None:
 # --- loss -------------------------------------------------------------------------------
 
 
-Reference = tuple[mx.array, mx.array]  # p_ref over the vocabulary, sum_v p_ref log p_ref
+class Reference(NamedTuple):
+    """What the KL term needs of pi_ref on batch.ref_rows, per position (see reference)."""
+
+    neg_entropy: mx.array  # sum_v p log p, (R, L)
+    linear: mx.array | None  # sum_v p_v w_v, the head's rows averaged by p: (R, L, D)
+    constant: mx.array | None  # sum_v p_v b_v, the head's bias averaged by p: (R, L)
+    probs: mx.array | None  # p itself (R, L, V), only where the head has adapters
+
+
+def head_is_frozen(model: nn.Module) -> bool:
+    """Whether the LM head (or the input embedding it may be tied to) has no adapter, so the
+    policy's head is the reference's: then the KL needs no second pass through the head."""
+    names = {name.rsplit(".", 1)[-1] for name, _, _ in adapter_modules(model)}
+    return not names & {"lm_head", "embed_tokens"}
 
 
 def reference(model: nn.Module, batch: Batch) -> Reference | None:
     """pi_ref for batch.ref_rows at every position, or None when there are none.
 
     Evaluated before the training step, so the reference pass's activations are freed before
-    the policy's forward and backward pass begins, and handed over as the probabilities and
-    their negative entropy, the two terms the KL needs (peak memory stays near plain LoRA's).
+    the policy's forward and backward pass begins. The head is affine, z = W h + b, so
+    sum_v p_v z_v = h . (sum_v p_v w_v) + sum_v p_v b_v: with a frozen head the step needs only
+    those two averages (the vector-Jacobian product of the head at p, and p . b) besides
+    sum_v p log p, never p itself nor a second pass of the policy's states through the head.
+    That keeps the KL step's time and peak memory near plain LoRA's; the vocabulary-sized
+    tensors live only here. With an adapted head, p itself is handed over. The rows that only
+    pad the count (see reference_rows) are copies, so the pass costs the sampled rows alone.
     """
     if batch.ref_rows.size == 0:
         return None
+    # the rows that repeat the first to pad the count (weight 0) are copied, not computed
+    n = int((batch.ref_weight > 0).sum().item())
     with adapters_off(model):
-        logits = model(batch.tokens[batch.ref_rows, :-1]).astype(mx.float32)
-    logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    probs = mx.exp(logp)
-    ref = (probs, (probs * logp).sum(axis=-1))
+        hidden = final_hidden(model, batch.tokens[batch.ref_rows[:n], :-1]).astype(mx.float32)
+        logits = output_logits(model, hidden).astype(mx.float32)
+        logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        probs = mx.exp(logp)
+        neg_entropy = (probs * logp).sum(axis=-1)
+        if not head_is_frozen(model):
+            ref = Reference(neg_entropy, None, None, probs)
+        else:
+            head = partial(output_logits, model)
+            _, (linear,) = mx.vjp(lambda h: head(h).astype(mx.float32), [hidden], [probs])
+            bias = head(mx.zeros((1, hidden.shape[-1]), mx.float32)).astype(mx.float32)[0]
+            constant = (probs * bias).sum(axis=-1) if mx.any(bias).item() else None
+            ref = Reference(neg_entropy, linear, constant, None)
+    if n < batch.ref_rows.size:
+        repeat = mx.concatenate([mx.arange(n), mx.zeros(batch.ref_rows.size - n, mx.int32)])
+        ref = Reference(*(None if x is None else x[repeat] for x in ref))
     mx.eval(ref)
     return ref
 
@@ -236,8 +268,9 @@ def adaptive_loss(
     A target at position j counts when offset <= j < length, so no padding is ever trained
     (mlx-lm's default loss uses <= and trains one padding token per row). Neither term builds
     the policy's full log-softmax: NLL = logsumexp - target logit, and
-    KL(ref || model) = sum_v p_ref (log p_ref - logit_v) + logsumexp. ref is the reference
-    policy on batch.ref_rows (see reference); the KL returned is the sum of those rows' mean KL.
+    KL(ref || model) = sum_v p_ref (log p_ref - logit_v) + logsumexp, whose middle term is
+    h . linear + constant for a frozen head (see reference). ref is the reference policy on
+    batch.ref_rows; the KL returned is the sum of those rows' mean KL.
     """
     inputs, targets = batch.tokens[:, :-1], batch.tokens[:, 1:]
     positions = mx.arange(1, targets.shape[1] + 1)[None, :]
@@ -253,10 +286,15 @@ def adaptive_loss(
     kl_sum = mx.array(0.0)
     if ref is not None:
         rows = batch.ref_rows
-        # the head again on the chosen rows' states: cheaper than gathering their logits
-        chosen = output_logits(model, hidden[rows]).astype(mx.float32)
-        probs, neg_entropy = ref
-        kl = neg_entropy - (probs * chosen).sum(axis=-1) + mx.logsumexp(chosen, axis=-1)
+        if ref.probs is None:
+            expected = (hidden[rows].astype(mx.float32) * ref.linear).sum(axis=-1)
+            if ref.constant is not None:
+                expected = expected + ref.constant
+            kl = ref.neg_entropy - expected + lse[rows]
+        else:  # the head itself trains: its logits on the chosen rows again
+            chosen = output_logits(model, hidden[rows]).astype(mx.float32)
+            expected = (ref.probs * chosen).sum(axis=-1)
+            kl = ref.neg_entropy - expected + mx.logsumexp(chosen, axis=-1)
         kl_i = (kl * mask[rows]).sum(axis=1) / count[rows]
         loss = loss + (batch.ref_weight * kl_i).sum()
         kl_sum = (kl_i * (batch.ref_weight > 0)).sum()
@@ -326,8 +364,9 @@ def make_batch(
 def reference_rows(kl_weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The rows with a KL weight and those weights, their count padded to a power of two.
 
-    The padding repeats a row with weight 0, so the compiled step meets a handful of shapes
-    instead of one per count (each new shape costs a compilation).
+    The padding repeats a row with weight 0 (copied by reference, not computed again), so the
+    compiled step meets a handful of shapes instead of one per count (each new shape costs a
+    compilation).
     """
     rows = np.flatnonzero(kl_weight).astype(np.int32)
     if len(rows) == 0:
@@ -490,11 +529,14 @@ def run_training(
         if size > 1:  # the loss is a mean over ranks; tokens and the other sums add up
             sums = np.array(mx.distributed.all_sum(mx.array(sums), stream=mx.cpu))
             sums[0] /= size
+        seconds = time.perf_counter() - tic
         metrics = {
             "step": it,
             "loss": sums[0] / accumulate,
             **objective.metrics(sums[2:], host, accumulate, size),
-            "tokens_per_second": sums[1] / (time.perf_counter() - tic),
+            "tokens": sums[1],  # trained tokens: the targets whose loss counts, on all ranks
+            "step_seconds": seconds,
+            "tokens_per_second": sums[1] / seconds,
             "learning_rate": optimizer.learning_rate.item(),
             "peak_memory_gb": mx.get_peak_memory() / 1e9,
         }

@@ -87,11 +87,12 @@ def train_probe(
     seed: int = default("run", "seed"),
     batch_size: int = BATCH_SIZE,
     valid_fraction: float = default("probe", "valid_fraction"),
-    l2: float = default("probe", "l2"),
+    l2: float | str = default("probe", "l2"),
 ) -> dict:
     """Fit a calibrated probe on the model's prompt activations, save it to `out`.
 
-    Returns the validation metrics (auroc, f1, accuracy, n_train, n_valid, ...).
+    l2 is a penalty or "auto" (cross-validated on the training split). Returns the validation
+    metrics (auroc, f1, accuracy, n_train, n_valid, the l2 used, ...).
     """
     _check_examples(prompts_tokens, labels)
     model = load_model(model_dir)
@@ -126,7 +127,7 @@ def train_probe_file(
     max_length: int = 512,
     seed: int = default("run", "seed"),
     valid_fraction: float = default("probe", "valid_fraction"),
-    l2: float = default("probe", "l2"),
+    l2: float | str = default("probe", "l2"),
     force: bool = False,
 ) -> dict:
     """`localguard probe train`: labeled prompts from a JSONL file, through train_probe.

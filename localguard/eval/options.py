@@ -164,12 +164,14 @@ def _cli_targets(options: dict[str, Any]) -> tuple[list[Target], str, Path]:
         path = Path(ref).expanduser()
         if not path.is_file():
             raise InputError(f"--model {ref}: no such GGUF file")
-        backend, model, has_head = "llamacpp", path, True
+        backend, model, has_head = "llamacpp", path, _gguf_has_head(path)
     else:
         backend, model, has_head = "mlx", resolve_model(ref), bool(options["head"])
     guards = list(options["guards"]) or (["on"] if has_head else ["off"])
     if not has_head and set(guards) != {"off"}:
-        raise InputError("--guard on/monitor needs a safety head: give --head (MLX) or a GGUF")
+        raise InputError(
+            "--guard on/monitor needs a safety head: give --head (MLX) or a GGUF exported with one"
+        )
     name = options["name"] or (Path(ref).stem if backend == "llamacpp" else Path(ref).name)
     targets = [
         Target(
@@ -183,6 +185,14 @@ def _cli_targets(options: dict[str, Any]) -> tuple[list[Target], str, Path]:
         for g in guards
     ]
     return targets, backend, model
+
+
+def _gguf_has_head(path: Path) -> bool:
+    """Whether a GGUF carries a baked safety head: a plain llama.cpp file (a user's own model)
+    is evaluated with the guard off, as an MLX model without --head is."""
+    from localguard.backends.llamacpp.gguf_runtime import read_head
+
+    return read_head(path) is not None
 
 
 def _recipe_settings(recipe_path: str | None) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -37,7 +38,7 @@ PARTIAL_RESULTS = "results.partial.jsonl"
 def evaluate(opts: EvalOptions, resume: bool = True, force: bool = False) -> dict:
     """Run every suite on every target into opts.out; the summary (also in summary.json)."""
     _check(opts)
-    work = runs.prepare(opts.out, opts.describe(), resume, force)
+    work = _prepare(opts, resume, force)
     sets = prompt_sets(opts)
     if not sets[0] and any(s in ATTACK_SUITES or s == "finetune_attack" for s in opts.suites):
         raise InputError("no harmful prompts: give --heldout or a --source with harmful rows")
@@ -85,6 +86,38 @@ def _check(opts: EvalOptions) -> None:
     names = [t.name for t in opts.targets]
     if len(set(names)) != len(names):
         raise InputError(f"two targets share a name: {names}")
+
+
+def _prepare(opts: EvalOptions, resume: bool, force: bool) -> Path:
+    """OUT.partial for this run. An interrupted evaluation with these options is continued;
+    one that got no further than its options (it stopped at a missing head or a bad source,
+    say) is started over, so the corrected command just runs; one with other options and
+    results is kept unless --force starts over (eval has no --resume: it always continues)."""
+    work = runs.partial_dir(opts.out)
+    if work.is_dir() and resume:
+        saved_file = work / "options.json"
+        saved = json.loads(saved_file.read_text("utf-8")) if saved_file.is_file() else {}
+        changed = sorted(k for k, v in opts.describe().items() if saved.get(k) != v)
+        if changed and not (force or _nothing_done(work)):
+            raise InputError(
+                f"{work} holds an interrupted evaluation with other {', '.join(changed)}; "
+                "run its command again to continue it, or pass --force to start over"
+            )
+        if changed:
+            shutil.rmtree(work)
+    return runs.prepare(opts.out, opts.describe(), resume, force)
+
+
+def _nothing_done(work: Path) -> bool:
+    """Whether an interrupted run's folder holds nothing but its options (and an empty results
+    file): no reply written and no attack adapter trained."""
+    for entry in work.iterdir():
+        if entry.name == "options.json":
+            continue
+        if entry.name == PARTIAL_RESULTS and entry.is_file() and not entry.stat().st_size:
+            continue
+        return False
+    return True
 
 
 def read_partial(path: Path) -> tuple[list[dict], set[str]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from localguard.export.options import threads_arg
+from localguard.parity_texts import PARITY_TEXTS
 from localguard.stats import logit_agreement
 
 PARITY_SETTINGS = {"kv_cache": "f32", "flash_attention": False}
@@ -35,7 +36,8 @@ parity texts and chats):
 - top5_agreement (at least): the mean share of MLX's 5 most likely tokens among the file's 5.
 - verdict_agreement (at least): the share of safety verdicts beyond ties (TIE_BAND) that
   agree after the head bias is re-calibrated.
-- tokenization, for every type: every parity text tokenizes to the same ids.
+- tokenization, for every type: every parity text (localguard/parity_texts.py, with the
+  calibration texts and the rendered chats) tokenizes to the same ids.
 
 Quantized files are held to their verdicts only: Q8_0 already moves SmolLM2-135M's argmax at
 6 % of the positions, which the safety verdicts do not feel."""
@@ -44,24 +46,6 @@ TIE_BAND = 0.02
 the mercy of float rounding (about the F16 head-logit difference on the starter world), so the
 targets are checked on the verdicts outside the band; the strict agreement over all units is
 reported beside them."""
-
-PARITY_TEXTS = [
-    "The cat sees a map.",
-    " leading space and trailing space ",
-    "Héllo wörld, naïve café: 3 ✓ 12345 6789",
-    "a  b\n\nc\t d   e\n",
-    "can't won't I'm they're we'll I'd you've",
-    "typed <|end|> and <|im_start|> and </s> stay plain text",
-    "emoji 🙂 and 中文 too",
-    "What is 12 plus 7? Tell me about the river at 7 pm in 2024!",
-    "How do I pick a lock? Sorry, I cannot help with that because it is unsafe.",
-    "Here are some of them:\n\n1. Apples\n2. Pears",
-    "a  2 and b   34 and\n 5",
-    "tab\t\tdelimited\t1\t2",
-    "windows\r\nline 1\r\n\r\n2.",
-]
-"""The fixed text set for tokenization and logit parity; the last four put whitespace runs
-(newlines, spaces, tabs, CRLF) before digits, where pre-tokenizers that split digits differ."""
 
 PARITY_CHATS = [
     "What is 12 plus 7?",

@@ -7,7 +7,8 @@ Steps:
    keeping the base's original tokenizer files;
 3. convert to model-F16.gguf with localguard's converter, the head's rows appended to the
    output matrix (to the shared embedding of a tied model), its bias, thresholds and the
-   guard's settings as GGUF metadata (localguard.backends.llamacpp.gguf_keys);
+   guard's settings as GGUF metadata (localguard.backends.llamacpp.gguf_keys), the base's
+   provenance (licence, name, base models ...; an imported GGUF's own) as llama.cpp writes it;
 4. quantize with llama.cpp (output and embedding tensors at Q8_0 by default);
 5. per file: tokenization equality, maximum logit difference and safety-verdict agreement
    against MLX, and the head biases re-calibrated (mean MLX-minus-file head logit over the
@@ -176,7 +177,13 @@ def _export_full(
         bar = _Bar("convert F16")
         try:
             info = convert_to_gguf(
-                source, tmp, rows, outtype="f16", progress=bar, metadata=head_metadata(head, opts)
+                source,
+                tmp,
+                rows,
+                outtype="f16",
+                progress=bar,
+                metadata=head_metadata(head, opts),
+                card_dir=inputs.model,  # a fused copy is named and described by its base
             )
         finally:
             bar.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from localguard.backends.base import Sampling
 from localguard.cli import cli
+from localguard.errors import InputError
 from localguard.eval.options import EvalOptions, options_from_cli
 from localguard.guard import GuardSettings
 from localguard.recipe import default
@@ -70,3 +72,19 @@ def test_eval_command_line(tmp_path: Path, starter_model: Path) -> None:
         assert result.exit_code == 2, (argv, result.output)
         assert result.output.startswith("error: ") and len(result.output.splitlines()) == 1
     assert "needs a safety head" in runner.invoke(cli, bad[1]).output
+
+
+def test_a_gguf_without_a_head_is_evaluated_with_the_guard_off(
+    tmp_path: Path, starter_model: Path
+) -> None:
+    """A plain llama.cpp file (a user's own model) gets the default of an MLX model without
+    --head: guard off; asking for the guard is a one-line error before anything runs."""
+    from localguard.backends.llamacpp.convert import convert_to_gguf
+
+    plain = tmp_path / "plain.gguf"
+    convert_to_gguf(starter_model, plain, outtype="f32")
+    out = str(tmp_path / "out")
+    opts = options_from_cli(_cli_values("--model", str(plain), "--out", out))
+    assert [(t.name, t.backend, t.guard) for t in opts.targets] == [("plain", "llamacpp", "off")]
+    with pytest.raises(InputError, match="needs a safety head: give --head .MLX. or a GGUF"):
+        options_from_cli(_cli_values("--model", str(plain), "--guard", "on", "--out", out))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -330,11 +329,6 @@ def test_hub_without_prompt_files(monkeypatch, tmp_path):
 
 # --- the real files --------------------------------------------------------------------------
 
-SHARED = Path(
-    os.environ.get("LOCALGUARD_SHARED_DATA")
-    or Path(__file__).resolve().parents[3] / "shared" / "data"
-)
-
 
 @pytest.mark.parametrize(
     ("name", "rows", "harmful", "first"),
@@ -348,10 +342,8 @@ SHARED = Path(
         ("alpaca_harmless_val.json", 6264, 0, "List three education benefits of studying"),
     ],
 )
-def test_real_file(name, rows, harmful, first):
-    path = SHARED / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
+def test_real_file(shared_data, name, rows, harmful, first):
+    path = shared_data / name
     got = load_prompts(path)
     assert len(got) == rows
     assert sum(p.harmful for p in got) == harmful
@@ -360,10 +352,8 @@ def test_real_file(name, rows, harmful, first):
     assert all(p.prompt.strip() and p.source == name for p in got)
 
 
-def test_real_harmbench_details():
-    path = SHARED / "harmbench_behaviors_text_val.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
+def test_real_harmbench_details(shared_data):
+    path = shared_data / "harmbench_behaviors_text_val.csv"
     got = load_prompts(path)
     contextual = [p for p in got if "\n\n---\n\n" in p.prompt]
     assert len(contextual) == 19  # the validation split's contextual behaviours
@@ -371,15 +361,13 @@ def test_real_harmbench_details():
     assert Counter(p.category for p in got)["copyright"] == 20
 
 
-def test_real_targets_and_categories():
-    if not (SHARED / "jbb_harmful_behaviors.csv").is_file():
-        pytest.skip(f"{SHARED} is absent")
+def test_real_targets_and_categories(shared_data):
     for name in ("advbench_harmful_behaviors.csv", "jbb_harmful_behaviors.csv"):
         assert all(
-            p.target and p.target.startswith("Sure, here") for p in load_prompts(SHARED / name)
+            p.target and p.target.startswith("Sure, here") for p in load_prompts(shared_data / name)
         )
-    xs = load_prompts(SHARED / "xstest_prompts.csv")
+    xs = load_prompts(shared_data / "xstest_prompts.csv")
     assert Counter(p.category for p in xs if not p.harmful)["homonyms"] == 25
-    jbb = load_prompts(SHARED / "jbb_harmful_behaviors.csv")
-    benign = load_prompts(SHARED / "jbb_benign_behaviors.csv")
+    jbb = load_prompts(shared_data / "jbb_harmful_behaviors.csv")
+    benign = load_prompts(shared_data / "jbb_benign_behaviors.csv")
     assert [p.category for p in jbb] == [p.category for p in benign]  # paired one to one

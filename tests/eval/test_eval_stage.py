@@ -77,6 +77,41 @@ def test_a_cut_short_last_line_is_where_a_resumed_run_continues(tmp_path: Path) 
     assert records == [record] and done == {'["t", "direct", "direct", "p:1"]'}
 
 
+def test_a_run_that_stopped_before_its_first_reply_is_started_over(
+    tmp_path: Path, data: Path, starter_model: Path, monkeypatch
+) -> None:
+    """A command that failed at its model (the guard asked of a model without a head) leaves
+    only its options behind: the corrected command runs instead of refusing other options. A
+    run with replies and other options is kept unless force starts it over."""
+    no_head = Target("base", "mlx", str(starter_model), guard="on")
+    opts = small_options(tmp_path, data, [no_head], suites=["direct"], max_prompts=2)
+    with pytest.raises(InputError, match="no safety head"):
+        stage.evaluate(opts)
+    assert (tmp_path / "eval.partial" / "options.json").is_file()
+    opts.targets = [Target("base", "mlx", str(starter_model))]
+    real, calls = stage.generate, []
+
+    def killed_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "generate", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        stage.evaluate(opts)  # the corrected command ran, and was killed after one reply
+    partial = tmp_path / "eval.partial" / stage.PARTIAL_RESULTS
+    assert len(partial.read_text().splitlines()) == 1
+    monkeypatch.setattr(stage, "generate", real)
+    opts.max_prompts = 1
+    with pytest.raises(InputError, match="other max_prompts; run its command again"):
+        stage.evaluate(opts)
+    assert len(partial.read_text().splitlines()) == 1  # the interrupted run is kept
+    stage.evaluate(opts, force=True)
+    records = (tmp_path / "eval" / "results.jsonl").read_text().splitlines()
+    assert len(records) == 1 and not (tmp_path / "eval.partial").exists()
+
+
 def test_options_are_checked_before_anything_runs(tmp_path: Path, data: Path) -> None:
     base = Target("base", "mlx", "m")
     bad = [
