@@ -16,6 +16,21 @@ from localguard.pypi_models import is_packaged, model_file
 BACKENDS = ("llamacpp", "mlx")
 
 
+def backend_for(ref: str | os.PathLike[str]) -> str:
+    """How chat, eval and label serve a model reference: a .gguf file through llama.cpp (with
+    the head baked into it), anything else (folder, hub id, starter:SIZE, smollm2:135m) as an
+    MLX model."""
+    return "llamacpp" if str(ref).lower().endswith(".gguf") else "mlx"
+
+
+def gguf_path(ref: str | os.PathLike[str]) -> Path:
+    """The GGUF file a reference names, which must exist."""
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise InputError(f"{ref}: no such GGUF file")
+    return path
+
+
 def open_guard_backend(
     model: str | os.PathLike[str],
     backend: str = "llamacpp",

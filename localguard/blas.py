@@ -25,6 +25,8 @@ SEARCH_PATTERNS = (
     "/usr/lib/libopenblas.so.0",  # Arch
 )
 FAST_BLAS_NAMES = ("openblas", "mkl_rt", "libblis")
+# numpy's and scipy's wheels bundle an OpenBLAS whose symbols are renamed, so it never serves MLX.
+PRIVATE_BLAS_NAMES = ("scipy_openblas",)
 
 
 def enabled() -> bool:
@@ -44,15 +46,21 @@ def find_fast_blas() -> str | None:
     return None
 
 
+def _serves_mlx(name: str) -> bool:
+    return any(n in name for n in FAST_BLAS_NAMES) and not any(
+        n in name for n in PRIVATE_BLAS_NAMES
+    )
+
+
 def loaded_blas() -> str | None:
-    """The optimized BLAS library mapped into this process, if any (Linux only)."""
+    """The optimized BLAS library mapped into this process for MLX, if any (Linux only)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
     for line in maps.splitlines():
         fields = line.split()
-        if len(fields) >= 6 and any(name in Path(fields[-1]).name for name in FAST_BLAS_NAMES):
+        if len(fields) >= 6 and _serves_mlx(Path(fields[-1]).name):
             return fields[-1]
     return None
 

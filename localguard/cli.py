@@ -16,6 +16,7 @@ import click
 from localguard import __version__, blas
 from localguard.errors import LocalguardError
 from localguard.recipe import EVAL_SUITES, SCHEMA
+from localguard.refusal import REFUSAL_PREFIX
 
 MODEL_HELP = "Base model: folder, GGUF file, hub id, starter:SIZE or smollm2:135m."
 
@@ -352,6 +353,99 @@ def head_score(
         resolve_model(model), Path(head_dir), prompt, response, Path(adapter) if adapter else None
     )
     click.echo(json.dumps(trace, indent=2) if as_json else format_trace(trace))
+
+
+@cli.command("label")
+@click.option(
+    "--model",
+    required=True,
+    help="Model whose replies make the refusal and benign rows: folder, GGUF file, hub id, "
+    "starter:SIZE or smollm2:135m.",
+)
+@click.option("--adapter", type=click.Path(file_okay=False), help="MLX: LoRA adapter of --model.")
+@click.option(
+    "--harmful",
+    multiple=True,
+    metavar="FILE",
+    help="Harmful prompts, all labeled harmful: a refusal row each, and a harmful row where the "
+    "complier complies. Any file eval --source reads (AdvBench, HarmBench, JailbreakBench, "
+    "StrongREJECT, XSTest CSV; JSONL or JSON with a prompt field; a hub data set id); "
+    "repeatable.",
+)
+@click.option(
+    "--benign",
+    multiple=True,
+    metavar="FILE",
+    help="Benign prompts, all labeled benign, as --harmful reads them: the model's own answer "
+    "each; repeatable.",
+)
+@click.option(
+    "--complier",
+    metavar="MODEL",
+    help="Model whose compliant replies make the harmful rows, e.g. the raw model when --model "
+    "is aligned (default: --model with its adapter); its refusals are skipped.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Labeled conversations JSONL to write, as head train --data reads it.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Tokens the model writes per reply (a refusal's forced prefix comes on top).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature (0: greedy); each reply's seed derives from --seed and its "
+    "prompt id.",
+)
+@click.option(
+    "--max-prompts",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Prompts per file (0: all).",
+)
+@click.option(
+    "--refusal-prefix",
+    default=REFUSAL_PREFIX,
+    show_default=True,
+    help="The start of every refusal row; the model continues it.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace OUT when it exists; an interrupted run with other options starts over.",
+)
+def label_command(force: bool, **options: Any) -> None:
+    """Turn prompt files into labeled conversations for the safety head, from the model's own
+    replies with the guard off.
+
+    Each harmful prompt gives a refusal row (the refusal prefix continued by the model: query
+    1, response 0) and a harmful row (the complier's reply, if it does not refuse: query 1,
+    response 1, onset after a short "Sure, here is ...:" line, else 0); each benign prompt gives
+    the model's answer (query 0, response 0), kept even when the model refuses. Rows carry kind,
+    source and id. An interrupted run continues where it stopped when the same command is run
+    again (OUT.partial and OUT.partial.json).
+    """
+    from pathlib import Path
+
+    from localguard.label import LabelOptions, format_summary, label
+
+    options["out"] = Path(options["out"])
+    for key in ("harmful", "benign"):
+        options[key] = list(options[key])
+    summary = label(LabelOptions(**options), force=force)
+    click.echo(format_summary(summary))
+    click.echo(f"-> {options['out']}")
 
 
 EXPORT_KEYS = schema_keys("export", "enabled")

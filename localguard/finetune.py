@@ -134,7 +134,9 @@ def _critic_risk(opts: FinetuneOptions, samples) -> tuple[np.ndarray, dict]:
 
 def load_judge(ref: str):
     """A GGUF file through llama.cpp, anything else as an MLX model."""
-    if ref.endswith(".gguf"):
+    from localguard.backends.factory import backend_for
+
+    if backend_for(ref) == "llamacpp":
         from localguard.backends.llamacpp.judge import LlamaCppJudge
 
         return LlamaCppJudge(Path(ref))

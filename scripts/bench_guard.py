@@ -24,7 +24,7 @@ both answer with as many tokens are timed; the table names how many, and --out l
 left out.
 
     python scripts/bench_guard.py --gguf /tmp/export-demo/model-Q4_K_M.gguf \
-        [--model DIR --head DIR] [--max-tokens 64] [--out FILE.json]
+        [--model MODEL --head DIR] [--max-tokens 64] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -126,14 +126,16 @@ def bench_llamacpp(path: Path, max_tokens: int, rounds: int, threads: int | None
     return {"file": str(path), "threads": threads, **found}
 
 
-def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, rounds: int):
+def bench_mlx(ref: str, head: Path, adapter: Path | None, max_tokens: int, rounds: int):
     from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
     from localguard.backends.factory import open_guard_backend
     from localguard.backends.mlx.guarded import ADAPTER_FILE
     from localguard.backends.mlx.loading import load_model
+    from localguard.hub import resolve_model
 
+    model = resolve_model(ref)
     backend = open_guard_backend(model, "mlx", head=head, adapter=adapter)
     if adapter is None and (head / ADAPTER_FILE).is_file():
         adapter = head  # the same weights on both sides
@@ -152,13 +154,13 @@ def bench_mlx(model: Path, head: Path, adapter: Path | None, max_tokens: int, ro
 
     found = paired(rounds, len(prompts), plain, guarded_answer(backend, max_tokens))
     backend.close()
-    return {"model": str(model), "head": str(head), **found}
+    return {"model": ref, "head": str(head), **found}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gguf", type=Path, help="GGUF file with its baked head")
-    parser.add_argument("--model", type=Path, help="MLX model folder")
+    parser.add_argument("--model", help="MLX model: folder, .gguf, smollm2:135m, starter:SIZE")
     parser.add_argument("--head", type=Path, help="safety head folder (with --model)")
     parser.add_argument("--adapter", type=Path, help="adapter folder (default: the head's own)")
     parser.add_argument("--max-tokens", type=int, default=64)

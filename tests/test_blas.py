@@ -20,8 +20,11 @@ MEASURE = "from localguard.backends.mlx.runtime import matmul_gflops; print(matm
 def test_openblas_is_mapped_into_the_test_process():
     assert blas.find_fast_blas(), "no OpenBLAS on this machine: run `make sysdeps`"
     import mlx.core  # noqa: F401  (the BLAS must serve MLX, loaded after it)
+    import numpy  # noqa: F401  (its wheel maps a private OpenBLAS that must not count)
 
-    assert blas.loaded_blas() is not None
+    loaded = blas.loaded_blas()
+    assert loaded is not None
+    assert os.path.realpath(loaded) == os.path.realpath(blas.find_fast_blas())
     assert "OpenBLAS preloaded" in blas.describe()
 
 

@@ -278,11 +278,11 @@ def evaluation(work: Path, shared_data: Path, export: Stage) -> Stage:
 # --- what a user checks after each stage --------------------------------------------------------
 
 
-def _llama_cpp_ids(path: Path) -> list[list[int]]:
+def _llama_cpp_ids(path: Path, special: bool = False) -> list[list[int]]:
     from localguard.backends.llamacpp.gguf_runtime import GGUFModel
 
     with timed("tokenize"), GGUFModel(path, n_ctx=64) as model:
-        return [model.tokenize(t, special=False, add_bos=False) for t in TEXTS]
+        return [model.tokenize(t, special=special, add_bos=False) for t in TEXTS]
 
 
 def _differ(a: list[list[int]], b: list[list[int]]) -> list[str]:
@@ -293,6 +293,18 @@ def _differ(a: list[list[int]], b: list[list[int]]) -> list[str]:
 def original_ids(smollm2_gguf: Path) -> list[list[int]]:
     """llama.cpp's ids on the file its own converter made: what every tokenizer must match."""
     return _llama_cpp_ids(smollm2_gguf)
+
+
+def _gguf_fields(path: Path) -> dict[str, tuple[list[str], object]]:
+    """Every metadata key of a GGUF file with its value types and value."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    return {
+        k: ([t.name for t in f.types], f.contents())
+        for k, f in reader.fields.items()
+        if not k.startswith("GGUF.")
+    }
 
 
 def test_probe_prints_and_saves_its_validation_auroc(probe: Stage) -> None:
@@ -403,10 +415,41 @@ def test_export_writes_every_file_with_the_head(export: Stage) -> None:
 
 @pytest.mark.parametrize("kind", ["F16", *QUANTS])
 def test_exported_file_tokenizes_as_the_original(
-    export: Stage, original_ids: list[list[int]], kind: str
+    export: Stage, smollm2_gguf: Path, original_ids: list[list[int]], kind: str
 ) -> None:
-    """localguard's converter against llama.cpp's own, on a real tokenizer."""
-    assert _differ(_llama_cpp_ids(export.out / f"model-{kind}.gguf"), original_ids) == []
+    """localguard's converter against llama.cpp's own, on a real tokenizer, with special-token
+    parsing off (user text) and on (chat markers typed as text become control tokens)."""
+    path = export.out / f"model-{kind}.gguf"
+    assert _differ(_llama_cpp_ids(path), original_ids) == []
+    assert _differ(_llama_cpp_ids(path, True), _llama_cpp_ids(smollm2_gguf, True)) == []
+
+
+@pytest.mark.parametrize("kind", ["F16", *QUANTS])
+def test_exported_file_has_the_originals_keys(export: Stage, smollm2_gguf: Path, kind: str) -> None:
+    """Every key of the original comes back with its type and value, though the adapter was
+    fused and the head baked in: the provenance (licence, name, organization, languages ...),
+    the tokenizer switches (add_bos_token, add_space_prefix; no add_eos_token, which the
+    original lacks) and every hyperparameter. Only the file type differs, and the vocabulary
+    grows by one control token per head row, appended after the original's tokens. The export
+    adds only localguard's own keys."""
+    import gguf
+
+    from localguard.backends.llamacpp import gguf_keys as keys
+
+    want = _gguf_fields(smollm2_gguf)
+    assert want["general.license"] == (["STRING"], "apache-2.0")
+    got = _gguf_fields(export.out / f"model-{kind}.gguf")
+    assert {k for k in got if not k.startswith(keys.KEY_PREFIX)} == set(want)
+    tokens, types = gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.TOKEN_TYPE
+    vocab_size = gguf.Keys.LLM.VOCAB_SIZE.format(arch="llama")
+    grown = {tokens, types, vocab_size}
+    assert [k for k in want if got[k] != want[k] and k not in grown] == [
+        gguf.Keys.General.FILE_TYPE
+    ]
+    n, rows = len(want[tokens][1]), len(got[keys.HEAD_NAMES][1])
+    assert got[tokens][1][:n] == want[tokens][1] and len(got[tokens][1]) == n + rows
+    assert got[types][1] == want[types][1] + [gguf.TokenType.CONTROL] * rows
+    assert got[vocab_size][1] == want[vocab_size][1] + rows
 
 
 def test_chat_json_carries_the_guards_reading(chats: dict[str, dict]) -> None:

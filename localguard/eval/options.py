@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from localguard.backends.base import Sampling
+from localguard.backends.factory import backend_for, gguf_path
 from localguard.errors import InputError
 from localguard.guard import GuardSettings
 from localguard.hub import resolve_data, resolve_model
@@ -158,12 +159,10 @@ def guard_settings(guard: dict, seed: int) -> tuple[GuardSettings, Sampling]:
 def _cli_targets(options: dict[str, Any]) -> tuple[list[Target], str, Path]:
     """The --model under each --guard mode, with its backend and local path."""
     ref = options["model"]
-    if ref.endswith(".gguf"):
+    if backend_for(ref) == "llamacpp":
         if options["adapter"] or options["head"]:
             raise InputError("--adapter and --head are for MLX models; a GGUF carries its head")
-        path = Path(ref).expanduser()
-        if not path.is_file():
-            raise InputError(f"--model {ref}: no such GGUF file")
+        path = gguf_path(ref)
         backend, model, has_head = "llamacpp", path, _gguf_has_head(path)
     else:
         backend, model, has_head = "mlx", resolve_model(ref), bool(options["head"])

@@ -1,0 +1,322 @@
+"""`localguard label`: labeled conversations for the safety head from plain lists of prompts.
+
+The explicit safety signal is trained on conversations labeled at every position
+(localguard.conversations). A user who has only prompt files gets them from the model's own
+replies, generated with the guard off:
+
+- each harmful prompt gives a *refusal* row (the refusal prefix forced as the start of the
+  reply and continued by the model; query 1, response 0) and a *harmful* row (the complier's
+  own reply, kept only if the refusal matcher calls it compliant; query 1, response 1, onset
+  from harmful_onset);
+- each benign prompt gives a *benign* row (the model's own answer; query 0, response 0), kept
+  even when the model refuses it, because that is what the model does.
+
+Rows go to OUT.partial as they are made, with the options and the harmful prompts skipped so
+far in the sidecar OUT.partial.json, so a killed run continues where it stopped when the same
+command runs again (as `localguard eval` continues its partial folder); the finished file is
+renamed to OUT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from localguard import runs
+from localguard.backends.base import GuardBackend, Sampling
+from localguard.backends.factory import backend_for, gguf_path, open_guard_backend
+from localguard.errors import InputError
+from localguard.eval.prompts import EvalPrompt, load_prompts
+from localguard.files import describe, write_json, write_text
+from localguard.guard import GuardSettings, generate
+from localguard.refusal import is_compliant, is_refusal
+
+KINDS = ("refusal", "harmful", "benign")
+# (query_label, response_label) of each kind; the onset is -1 unless the reply is harmful.
+LABELS = {"refusal": (1, 0), "harmful": (1, 1), "benign": (0, 0)}
+LEAD_IN_MAX_CHARS = 120
+"""The longest first line that harmful_onset treats as an affirmative lead-in."""
+SIDECAR_SUFFIX = ".json"
+
+Task = tuple[EvalPrompt, str]  # a prompt and the kind of row it gives
+
+
+@dataclass
+class LabelOptions:
+    """What one labeling run does; the defaults live with the command line."""
+
+    model: str  # whose replies are labeled: folder, hub id, starter:SIZE, .gguf, smollm2:135m
+    out: Path
+    harmful: list[str]  # prompt files (anything `localguard eval --source` reads)
+    benign: list[str]
+    adapter: str | None  # MLX LoRA adapter of model
+    complier: str | None  # whose compliant replies give the harmful rows (None: model)
+    max_tokens: int  # tokens the model writes per reply (a forced refusal prefix on top)
+    seed: int
+    temperature: float  # 0: greedy
+    max_prompts: int  # per file; 0: all
+    refusal_prefix: str
+
+    def describe(self) -> dict:
+        """The options a resumed run must share (OUT itself may move)."""
+        data = describe(self)
+        data.pop("out")
+        return data
+
+
+def harmful_onset(reply: str) -> int:
+    """The character where a compliant reply's harmful content begins.
+
+    A reply that opens with a short affirmative lead-in line ("Sure, here is how to ...:"
+    then a newline) starts harmful after it, at the first non-blank character of what follows,
+    so the head learns to flag the content rather than the politeness before it. Any other
+    reply is harmful from its first character (0)."""
+    first, newline, rest = reply.partition("\n")
+    lead_in = first.strip()
+    if not newline or len(lead_in) > LEAD_IN_MAX_CHARS or not lead_in.endswith(":"):
+        return 0
+    content = rest.lstrip()
+    return len(reply) - len(content) if content else 0
+
+
+def reply_seed(seed: int, prompt_id: str, kind: str) -> int:
+    """The sampling seed of one reply: from --seed and what the reply is, never from its place
+    in the run, so a resumed run samples each reply as an uninterrupted one does."""
+    digest = hashlib.sha256(f"{seed}\0{kind}\0{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def model_reply(backend: GuardBackend, prompt: str, start: str, sampling: Sampling) -> str:
+    """The model's own reply with the guard off. A non-empty start is forced as the beginning
+    of the reply (as eval's prefill attack forces it) and the model continues it; the start
+    does not count against sampling.max_tokens."""
+    messages = [{"role": "user", "content": prompt}]
+    if start:
+        messages.append({"role": "assistant", "content": start})
+        budget = sampling.max_tokens + len(backend.encode_text(start))
+        sampling = dataclasses.replace(sampling, max_tokens=budget)
+    return generate(backend, messages, GuardSettings(mode="off"), sampling).text
+
+
+def open_model(ref: str, adapter: str | None) -> GuardBackend:
+    """A .gguf file through llama.cpp, anything else as an MLX model, as `localguard eval`
+    serves them; the caller closes it."""
+    if backend_for(ref) == "mlx":
+        return open_guard_backend(ref, "mlx", adapter=adapter)
+    return open_guard_backend(gguf_path(ref), "llamacpp", adapter=adapter)
+
+
+def read_prompts(files: list[str], harmful: bool, limit: int) -> list[EvalPrompt]:
+    """Every prompt of the files, each labeled harmful or benign by the option that named it."""
+    return [p for ref in files for p in load_prompts(ref, harmful=harmful, limit=limit)]
+
+
+def plan(harmful: list[EvalPrompt], benign: list[EvalPrompt]) -> list[Task]:
+    """The rows to make, in output order: refusal then harmful per harmful prompt, then the
+    benign prompts. Two prompt files that give the same ids (same file name) are refused."""
+    tasks = [(p, kind) for p in harmful for kind in ("refusal", "harmful")]
+    tasks += [(p, "benign") for p in benign]
+    seen: set[tuple[str, str]] = set()
+    for p, kind in tasks:
+        if (p.id, kind) in seen:
+            raise InputError(f"prompt id {p.id!r} comes twice; give each prompt file once")
+        seen.add((p.id, kind))
+    return tasks
+
+
+def make_row(prompt: EvalPrompt, kind: str, response: str) -> dict:
+    """One output row in the format `localguard head train --data` reads, plus kind, source
+    and id."""
+    query, harmful = LABELS[kind]
+    return {
+        "prompt": prompt.prompt,
+        "response": response,
+        "query_label": query,
+        "response_label": harmful,
+        "onset": harmful_onset(response) if harmful else -1,
+        "kind": kind,
+        "source": prompt.source,
+        "id": prompt.id,
+    }
+
+
+# --- the partial file -------------------------------------------------------------------------
+
+
+def sidecar_path(partial: Path) -> Path:
+    return partial.with_name(partial.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(partial: Path, options: dict, skipped: set[str]) -> None:
+    """The run's options and the harmful prompts whose replies were skipped, atomically."""
+    write_json(sidecar_path(partial), {"options": options, "skipped": sorted(skipped)})
+
+
+def read_rows(path: Path) -> dict[tuple[str, str], dict]:
+    """The rows a killed run wrote, by (id, kind); stops quietly at a cut-short last line."""
+    if not path.is_file():
+        return {}
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break
+        rows[(row["id"], row["kind"])] = row
+    return rows
+
+
+def resume(out: Path, options: dict, force: bool) -> tuple[dict[tuple[str, str], dict], set[str]]:
+    """(rows, skipped harmful prompt ids) of an interrupted run with these options, or nothing.
+    OUT existing is an error without --force. An interrupted run with other options is refused
+    unless it got no further than its options (then the corrected command just runs) or
+    --force starts over, as `localguard eval` does with its partial folder."""
+    if out.is_dir():
+        raise InputError(f"{out} is a folder; --out takes a JSONL file")
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; pass --force to replace it")
+    partial = runs.partial_dir(out)
+    sidecar = sidecar_path(partial)
+    saved = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else {}
+    rows, skipped = read_rows(partial), set(saved.get("skipped", []))
+    changed = sorted(k for k, v in options.items() if saved.get("options", {}).get(k) != v)
+    if saved and changed and (rows or skipped) and not force:
+        raise InputError(
+            f"{partial} holds an interrupted labeling with other {', '.join(changed)}; "
+            "run its command again to continue it, or pass --force to start over"
+        )
+    if not saved or changed:
+        return {}, set()
+    return rows, skipped
+
+
+def done_prefix(tasks: list[Task], rows: dict, skipped: set[str]) -> int:
+    """How many tasks from the start are done (a row written, or a harmful reply skipped):
+    what is kept, so the output stays in plan order."""
+    for n, (p, kind) in enumerate(tasks):
+        if (p.id, kind) not in rows and not (kind == "harmful" and p.id in skipped):
+            return n
+    return len(tasks)
+
+
+def _lines(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def label(opts: LabelOptions, force: bool = False) -> dict:
+    """Write opts.out (labeled conversations JSONL) and return the summary."""
+    if not opts.harmful and not opts.benign:
+        raise InputError("no prompts: give --harmful FILE and/or --benign FILE")
+    if not opts.refusal_prefix.strip():
+        raise InputError("the refusal prefix must not be empty")
+    harmful = read_prompts(opts.harmful, True, opts.max_prompts)
+    benign = read_prompts(opts.benign, False, opts.max_prompts)
+    tasks = plan(harmful, benign)
+    options = {**opts.describe(), "prompts": prompts_digest(tasks)}
+    found, found_skipped = resume(opts.out, options, force)
+    kept = done_prefix(tasks, found, found_skipped)
+    rows = [found[(p.id, kind)] for p, kind in tasks[:kept] if (p.id, kind) in found]
+    skipped = {p.id for p, kind in tasks[:kept] if kind == "harmful" and p.id in found_skipped}
+    partial = runs.partial_dir(opts.out)
+    write_text(partial, _lines(rows))  # the kept rows, without a cut-short last line
+    write_sidecar(partial, options, skipped)
+    rows += generate_rows(opts, tasks[kept:], partial, options, skipped)
+    partial.replace(opts.out)
+    sidecar_path(partial).unlink()
+    return summarize(rows, skipped, opts.out)
+
+
+def prompts_digest(tasks: list[Task]) -> str:
+    """sha256 of every prompt with its id and kind: a prompt file that changed between a killed
+    run and its rerun is other data, refused like other options."""
+    return hashlib.sha256(_lines([p.id, kind, p.prompt] for p, kind in tasks).encode()).hexdigest()
+
+
+def generate_rows(
+    opts: LabelOptions, todo: list[Task], partial: Path, options: dict, skipped: set[str]
+) -> list[dict]:
+    """Make the rows of todo, appending each to partial as it comes; a harmful reply that is a
+    refusal is skipped (added to skipped, which the sidecar keeps). The new rows."""
+    if not todo:
+        return []
+    models = Models(opts)
+    new: list[dict] = []
+    try:
+        for kind in dict.fromkeys(kind for _, kind in todo):  # a wrong model fails before the bar
+            models.backend(kind)
+        with (
+            open(partial, "a", encoding="utf-8") as fh,
+            runs.progress_bar(len(todo), "label") as bar,
+        ):
+            for prompt, kind in todo:
+                text = task_reply(opts, models.backend(kind), prompt, kind)
+                if kind == "harmful" and not is_compliant(text):
+                    skipped.add(prompt.id)
+                    write_sidecar(partial, options, skipped)
+                else:
+                    new.append(make_row(prompt, kind, text))
+                    fh.write(_lines(new[-1:]))
+                    fh.flush()
+                bar.update(1)
+    finally:
+        models.close()
+    return new
+
+
+def task_reply(opts: LabelOptions, backend: GuardBackend, prompt: EvalPrompt, kind: str) -> str:
+    """The reply a row of this kind needs: a refusal continues the forced refusal prefix."""
+    sampling = Sampling(
+        temperature=opts.temperature,
+        max_tokens=opts.max_tokens,
+        seed=reply_seed(opts.seed, prompt.id, kind),
+    )
+    start = opts.refusal_prefix if kind == "refusal" else ""
+    return model_reply(backend, prompt.prompt, start, sampling)
+
+
+class Models:
+    """The model (refusal and benign rows) and the complier (harmful rows) as guard backends,
+    each opened only when a row needs it, so a rerun of a finished partial file loads neither;
+    one backend when the complier is the model."""
+
+    def __init__(self, opts: LabelOptions) -> None:
+        self.model = (opts.model, opts.adapter)
+        self.complier = (opts.complier, None) if opts.complier else self.model
+        self.opened: dict[tuple[str, str | None], GuardBackend] = {}
+
+    def backend(self, kind: str) -> GuardBackend:
+        key = self.complier if kind == "harmful" else self.model
+        if key not in self.opened:
+            self.opened[key] = open_model(*key)
+        return self.opened[key]
+
+    def close(self) -> None:
+        for backend in self.opened.values():
+            backend.close()
+
+
+def summarize(rows: list[dict], skipped: set[str], out: Path) -> dict:
+    """Rows per kind, harmful replies skipped as refusals, benign prompts the model refused."""
+    return {
+        "out": str(out),
+        "rows": {kind: sum(r["kind"] == kind for r in rows) for kind in KINDS},
+        "harmful_skipped": len(skipped),
+        "benign_refused": sum(r["kind"] == "benign" and is_refusal(r["response"]) for r in rows),
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The command's one summary line."""
+    rows = summary["rows"]
+    return (
+        f"label: {sum(rows.values())} rows ({rows['refusal']} refusal, {rows['harmful']} "
+        f"harmful, {rows['benign']} benign); {summary['harmful_skipped']} harmful replies "
+        f"skipped as refusals; {summary['benign_refused']} benign prompts refused"
+    )
