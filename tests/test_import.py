@@ -28,6 +28,8 @@ mlx_lm = pytest.importorskip("mlx_lm")
 pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
+from gguf_fields import gguf_fields  # noqa: E402
+
 from localguard import import_gguf as stage  # noqa: E402
 from localguard.backends.llamacpp import convert  # noqa: E402
 from localguard.backends.llamacpp import gguf_keys as keys  # noqa: E402
@@ -364,16 +366,6 @@ tags:
 """
 
 
-def _typed_fields(path: Path) -> dict[str, tuple[list[str], object]]:
-    """Every metadata key of a GGUF file: its value types and value."""
-    reader = gguf.GGUFReader(str(path))
-    return {
-        k: ([t.name for t in f.types], f.contents())
-        for k, f in reader.fields.items()
-        if not k.startswith("GGUF.")
-    }
-
-
 @pytest.mark.parametrize("case", ["llama-bytelevel", "mistral-spm"])
 def test_an_export_of_an_import_writes_the_source_keys_back(
     case: str, models: dict[str, Path], root: Path
@@ -397,7 +389,7 @@ def test_an_export_of_an_import_writes_the_source_keys_back(
     stage.import_model(first, out, measure=False)
     again = root / "card" / f"{case}-again.gguf"
     convert_to_gguf(out, again, outtype="f32")
-    want, got = _typed_fields(first), _typed_fields(again)
+    want, got = gguf_fields(first), gguf_fields(again)
     assert want["general.license"] == (["STRING"], "mit")
     assert want["general.languages"] == (["ARRAY", "STRING"], ["en", "fr"])
     assert want["general.base_model.count"] == (["UINT32"], 1)

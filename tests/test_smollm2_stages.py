@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from gguf_fields import gguf_fields
 
 from localguard import import_gguf
 from localguard.cli import cli
@@ -295,18 +296,6 @@ def original_ids(smollm2_gguf: Path) -> list[list[int]]:
     return _llama_cpp_ids(smollm2_gguf)
 
 
-def _gguf_fields(path: Path) -> dict[str, tuple[list[str], object]]:
-    """Every metadata key of a GGUF file with its value types and value."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    return {
-        k: ([t.name for t in f.types], f.contents())
-        for k, f in reader.fields.items()
-        if not k.startswith("GGUF.")
-    }
-
-
 def test_probe_prints_and_saves_its_validation_auroc(probe: Stage) -> None:
     head = json.loads((probe.out / "head.json").read_text())
     auroc = head["metrics"]["auroc"]
@@ -436,9 +425,9 @@ def test_exported_file_has_the_originals_keys(export: Stage, smollm2_gguf: Path,
 
     from localguard.backends.llamacpp import gguf_keys as keys
 
-    want = _gguf_fields(smollm2_gguf)
+    want = gguf_fields(smollm2_gguf)
     assert want["general.license"] == (["STRING"], "apache-2.0")
-    got = _gguf_fields(export.out / f"model-{kind}.gguf")
+    got = gguf_fields(export.out / f"model-{kind}.gguf")
     assert {k for k in got if not k.startswith(keys.KEY_PREFIX)} == set(want)
     tokens, types = gguf.Keys.Tokenizer.LIST, gguf.Keys.Tokenizer.TOKEN_TYPE
     vocab_size = gguf.Keys.LLM.VOCAB_SIZE.format(arch="llama")

@@ -14,22 +14,14 @@ from tiny_models import make_tiny_model
 mx = pytest.importorskip("mlx.core")
 pytest.importorskip("mlx_lm")
 pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
+pytest.importorskip("gguf")
+
+from gguf_fields import gguf_fields  # noqa: E402
 
 from localguard.backends.llamacpp import gguf_keys as keys  # noqa: E402
 from localguard.export import ExportOptions, export  # noqa: E402
 
 CARD = "---\nlicense: mit\nbase_model: some-org/Base-1B\nlanguage:\n- en\n---\n# tiny\n"
-
-
-def _fields(path: Path) -> dict[str, tuple[list[str], object]]:
-    """Every metadata key of a GGUF file with its value types and value."""
-    reader = gguf.GGUFReader(str(path))
-    return {
-        k: ([t.name for t in f.types], f.contents())
-        for k, f in reader.fields.items()
-        if not k.startswith("GGUF.")
-    }
 
 
 def _provenance(fields: dict) -> dict:
@@ -51,11 +43,11 @@ def test_a_fused_export_carries_its_base_models_card(tmp_path: Path) -> None:
     )
     assert report["fused"]["layers"] > 0
     files = [tmp_path / "gguf" / f["file"] for f in report["files"]]
-    first = _provenance(_fields(files[0]))
+    first = _provenance(gguf_fields(files[0]))
     assert first["general.license"] == (["STRING"], "mit")
     assert first["general.languages"] == (["ARRAY", "STRING"], ["en"])
     assert first["general.base_model.count"] == (["UINT32"], 1)
     assert first["general.name"][1].lower().split() == ["my", "model"]  # not the fused copy's
     assert report["converter"]["provenance"]["general.license"] == "mit"
     for path in files[1:]:
-        assert _provenance(_fields(path)) == first
+        assert _provenance(gguf_fields(path)) == first
