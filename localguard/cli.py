@@ -312,6 +312,10 @@ def head_train(resume: bool, force: bool, **options: Any) -> None:
     --mode stream (default) trains the head with LoRA (loss = SFT on benign replies + gamma *
     BCE); --mode probe fits it on the frozen model (no training loop). OUT gets head.safetensors,
     head.json, reliability.png, report.json and, in stream mode, the adapter (mlx-lm format).
+
+    --task-data (the fine-tuning data) joins training as benign conversations, so stream mode
+    keeps the task; its held-out part counts as negatives for the query threshold, and the
+    share of it the query output flags is reported.
     """
     from pathlib import Path
 
@@ -322,6 +326,8 @@ def head_train(resume: bool, force: bool, **options: Any) -> None:
     options["data"] = resolve_data(options["data"], options["model"])
     options["out"] = Path(options["out"])
     options["adapter"] = Path(options["adapter"]) if options["adapter"] else None
+    if options["task_data"]:
+        options["task_data"] = resolve_data(options["task_data"], options["model"])
     report = train_head(HeadOptions(**options), resume=resume, force=force)
     click.echo(format_report(report))
     click.echo(f"-> {options['out']}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localguard.data import read_jsonl
+from localguard.data import load_dataset, read_jsonl
 from localguard.encoding import encode_exchange, encode_text, hf_tokenizer
 from localguard.errors import InputError
 
@@ -121,6 +121,23 @@ def load_conversations(path: Path, tokenizer, max_length: int) -> list[Conversat
         conv.line = line
         out.append(conv)
     check_both_classes(out, str(path))
+    return out
+
+
+def load_task_conversations(path: Path, tokenizer, max_length: int) -> list[Conversation]:
+    """The user's fine-tuning data (chat or prompt/completion, read as `finetune --data` reads
+    it) as benign conversations: query 0, response 0. Rows labeled 1 (an attack mix's harmful
+    examples) are left out, so the head is never taught that a harmful request is benign."""
+    data = load_dataset(Path(path), tokenizer, max_length)
+    if data.fmt == "text":
+        raise InputError(f"{path}: task data must be chat or prompt/completion rows, not text")
+    out = [
+        Conversation(s.tokens, s.offset, -1, 0, 0, "task", s.line)
+        for s in data.samples
+        if s.label != 1 and 1 <= s.offset < len(s.tokens)
+    ]
+    if len(out) < 2:
+        raise InputError(f"{path}: {len(out)} benign rows (label 0 or none); need at least 2")
     return out
 
 

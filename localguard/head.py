@@ -5,6 +5,11 @@ LoRA (stream mode), calibrated on a validation split, written with its metrics a
 reliability diagram. The stream adapter is saved next to the head (adapters.safetensors +
 adapter_config.json, loadable by mlx-lm) but in files of its own. score: the per-token safety
 trace of one conversation.
+
+--task-data (a recipe's [data] train) adds the user's fine-tuning data as benign conversations
+(query 0, response 0): a seeded valid_fraction of them is held out and counted as negatives
+when the query threshold is set (and reported as over-refusal); the rest join the training
+conversations in both modes, so stream mode keeps the task it continues (SFT on its replies).
 """
 
 from __future__ import annotations
@@ -16,7 +21,12 @@ import click
 import numpy as np
 
 from localguard import __version__, runs
-from localguard.conversations import Conversation, check_both_classes, load_conversations
+from localguard.conversations import (
+    Conversation,
+    check_both_classes,
+    load_conversations,
+    load_task_conversations,
+)
 from localguard.errors import InputError
 from localguard.files import describe, file_sha256, write_json
 from localguard.recipe import schema_field
@@ -39,6 +49,7 @@ class HeadOptions:
     data: Path
     out: Path
     adapter: Path | None = None
+    task_data: Path | None = schema_field("head", "task_data")
     mode: str = schema_field("head", "mode")
     gamma: float = schema_field("head", "gamma")
     target_fpr: float = schema_field("head", "target_fpr")
@@ -74,6 +85,19 @@ def split(convs: list[Conversation], fraction: float, seed: int):
         valid += idx[:n_valid]
         train += idx[n_valid:]
     return [convs[i] for i in sorted(train)], [convs[i] for i in sorted(valid)]
+
+
+def _task_split(opts: HeadOptions, tokenizer) -> tuple[list[Conversation], list[Conversation]]:
+    """The task data's (train, held-out) conversations, split as the safety data is; none
+    without --task-data."""
+    if opts.task_data is None:
+        return [], []
+    task = load_task_conversations(opts.task_data, tokenizer, opts.max_seq_length)
+    return split(task, opts.valid_fraction, opts.seed)
+
+
+def _file_record(path: Path | None) -> dict | None:
+    return {"path": str(path), "sha256": file_sha256(path)} if path else None
 
 
 def _load(opts: HeadOptions):
@@ -142,13 +166,16 @@ def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> 
     convs = load_conversations(opts.data, tokenizer, opts.max_seq_length)
     train, valid = split(convs, opts.valid_fraction, opts.seed)
     check_both_classes(valid, f"{opts.data} (validation split)")
+    task_train, task_valid = _task_split(opts, tokenizer)
+    train = train + task_train
     work = runs.prepare(opts.out, opts.describe(), resume, force)
     with runs.progress_bar(len(train), "head features") as bar:
         head = ht.fit_probe_head(model, train, opts.seed, bar.update)
     adapter_config = None
     if opts.mode == "stream":
         head, adapter_config = _train_stream(opts, model, head, train, work)
-    report = calibrate(head, ht.traces(model, head, valid), valid, opts.target_fpr)
+    task_traces = ht.traces(model, head, task_valid)
+    report = calibrate(head, ht.traces(model, head, valid), valid, opts.target_fpr, task_traces)
     head.metadata.update(
         mode=opts.mode,
         target_fpr=opts.target_fpr,
@@ -163,9 +190,15 @@ def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> 
         "model_fingerprint": model_fingerprint(opts.model),
         "base_adapter": str(opts.adapter) if opts.adapter else None,
         "adapter": "adapters.safetensors" if adapter_config else None,
-        "data": {"path": str(opts.data), "sha256": file_sha256(opts.data)},
+        "data": _file_record(opts.data),
+        "task_data": _file_record(opts.task_data),
         "options": opts.describe(),
-        "examples": {"train": len(train), "valid": len(valid)},
+        "examples": {
+            "train": len(train),
+            "valid": len(valid),
+            "task_train": len(task_train),
+            "task_valid": len(task_valid),
+        },
     }
 
     write_head(head, work, manifest)
@@ -193,6 +226,13 @@ def format_report(report: dict) -> str:
         f"p90 {st['delay_p90']:.0f} tokens  missed {st['missed']:.1%}  "
         f"benign replies flagged {st['benign_flagged']:.1%}"
     )
+    if "task" in report:
+        t = report["task"]
+        lines.append(
+            f"task      {t['n']} held-out prompts flagged {t['query_flagged']:.1%} "
+            f"({t['query_flagged_safety_only']:.1%} at the safety data's own threshold), "
+            f"replies flagged {t['replies_flagged']:.1%}"
+        )
     return "\n".join(lines)
 
 

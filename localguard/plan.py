@@ -70,10 +70,13 @@ def build_plan(recipe: Recipe) -> list[Stage]:
     head = None
     if recipe["head"]["enabled"]:
         head = str(out / "head")
-        inputs = {"model": model, "safety": data["safety"]}
+        # the task data (default: the fine-tuning data) is an input, so editing it reruns the head
+        task = recipe["head"]["task_data"] or data["train"]
+        inputs = {"model": model, "safety": data["safety"], "task": task}
         if adapter:
             inputs["adapter"] = adapter
-        plan.append(Stage("head", inputs, {"head": head}, dict(recipe["head"])))
+        settings = {k: v for k, v in recipe["head"].items() if k != "task_data"}
+        plan.append(Stage("head", inputs, {"head": head}, settings))
     gguf = None
     if recipe["export"]["enabled"]:
         gguf = str(out / "export")

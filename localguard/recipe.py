@@ -192,6 +192,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         ),
         "max_seq_length": _f("int", 512, "longest conversation in tokens", low=8),
         "steps_per_save": _f("int", 100, "checkpoint every N steps", low=1),
+        # The head sees the user's task, so it neither erases it (stream mode) nor refuses its
+        # prompts (the query threshold counts held-out task prompts as negatives).
+        "task_data": _f(
+            "path",
+            None,
+            "fine-tuning data (chat or prompt/completion JSONL), read as benign conversations: "
+            "trained on and held out for the query threshold (a recipe run: [data] train)",
+            optional=True,
+        ),
     },
     "export": {
         "enabled": _f("bool", True, "write GGUF files"),

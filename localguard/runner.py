@@ -94,6 +94,7 @@ def run_head(stage: Stage, recipe: Recipe) -> dict:
 
     model = model_dir(recipe)
     settings = {k: v for k, v in stage.settings.items() if k in option_names()}
+    settings["task_data"] = resolve_data(stage.inputs["task"], model)
     opts = HeadOptions(
         model=model,
         data=resolve_data(stage.inputs["safety"], model),

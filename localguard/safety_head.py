@@ -15,6 +15,7 @@ thresholds, calibration, metrics, hidden size and the base model's fingerprint).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -322,9 +323,42 @@ def stream_metrics(head: SafetyHead, traces: list[np.ndarray], convs: list) -> d
     }
 
 
-def calibrate(head: SafetyHead, traces: list[np.ndarray], convs: list, target_fpr: float) -> dict:
+def query_threshold(
+    negatives: np.ndarray, positives: np.ndarray, task: np.ndarray, target_fpr: float
+) -> tuple[float, float]:
+    """(threshold, the safety data's own threshold). Held-out task prompts are negatives too:
+    the threshold keeps the FPR within target_fpr on the safety negatives and on the task
+    prompts each, so a task unlike the safety data is not refused however few its prompts."""
+    own = gap_threshold(negatives, positives, target_fpr)
+    if task.size == 0:
+        return own, own
+    return max(own, gap_threshold(task, positives, target_fpr)), own
+
+
+def task_metrics(traces: list[np.ndarray], q: int, r: int, thresholds: np.ndarray, own: float):
+    """Over-refusal on held-out task conversations (calibrated traces): the share of prompts
+    the query output flags at the threshold and at the safety data's own one, and the share of
+    replies the response output flags anywhere."""
+    scores = np.array([t[0, q] for t in traces])
+    return {
+        "n": len(traces),
+        "query_flagged": float(np.mean(scores >= thresholds[q])),
+        "query_flagged_safety_only": float(np.mean(scores >= own)),
+        "replies_flagged": float(np.mean([(t[1:, r] >= thresholds[r]).any() for t in traces])),
+    }
+
+
+def calibrate(
+    head: SafetyHead,
+    traces: list[np.ndarray],
+    convs: list,
+    target_fpr: float,
+    task: Sequence[np.ndarray] = (),
+) -> dict:
     """Fold Platt scaling into each row and set its threshold for target_fpr; returns the
-    validation metrics and reliability bins. traces are the uncalibrated logits."""
+    validation metrics and reliability bins. traces are the uncalibrated logits; task, those of
+    held-out benign task conversations, which the query threshold counts as negatives (the
+    Platt fit stays on the safety data, so a probability keeps its meaning there)."""
     from localguard.stats import platt_scaling
 
     q, r = head.index("query"), head.index("response")
@@ -336,11 +370,17 @@ def calibrate(head: SafetyHead, traces: list[np.ndarray], convs: list, target_fp
         head.fold_platt(k, scale[k], shift[k])
         report[f"{head.names[k]}_platt"] = [scale[k], shift[k]]
     traces = [t * scale + shift for t in traces]
+    task = [t * scale + shift for t in task]
     q_scores, q_labels = query_units(traces, convs, q)
     neg, pos = response_units(traces, convs, r)
     head.thresholds = np.array(head.thresholds, dtype=np.float64)
-    head.thresholds[q] = gap_threshold(q_scores[q_labels == 0], q_scores[q_labels == 1], target_fpr)
+    task_scores = np.array([t[0, q] for t in task])
+    head.thresholds[q], own = query_threshold(
+        q_scores[q_labels == 0], q_scores[q_labels == 1], task_scores, target_fpr
+    )
     head.thresholds[r] = gap_threshold(neg, pos, target_fpr)
+    if task:
+        report["task"] = task_metrics(task, q, r, head.thresholds, own)
     report["query"] = rates(q_scores, q_labels, head.thresholds[q])
     labels = np.r_[np.zeros(neg.size), np.ones(pos.size)]
     report["response"] = rates(np.r_[neg, pos], labels, head.thresholds[r])

@@ -11,7 +11,14 @@ Writes OUT/head_starter.json.
 Targets: query AUROC >= 0.99, response AUROC >= 0.98, median delay
 <= 2 tokens, benign replies flagged <= 2 %.
 
-    python scripts/head_starter.py [--size demo] [--out runs/head-starter]
+--task measures what the head stage does to the user's task instead: it fine-tunes the model on
+the 10 % attack mix (scripts/efficacy_starter.py's settings, risk probe, as the demo recipe
+does), then trains heads on that adapter in both modes with and without --task-data (the attack
+mix), and prints held-out behaviour (efficacy_starter's measure: new-skill accuracy above all)
+and the share of prompts the query output flags: the held-out part of the task data and the
+starter world's held-out new-skill questions. Writes OUT/head_task.json.
+
+    python scripts/head_starter.py [--size demo] [--out runs/head-starter] [--task]
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from localguard.conversations import encode_conversation
 from localguard.files import write_json
@@ -87,14 +96,108 @@ def evaluate(model_dir: Path, head_dir: Path, data: Path, seed: int) -> dict:
     return found
 
 
+def query_flagged(model_dir: Path, adapter: Path, head_dir: Path, task: Path, seed: int) -> dict:
+    """The share of benign prompts the head's query output flags at its threshold: the held-out
+    part of the task data (head train's own split) and the held-out new-skill questions."""
+    from mlx_lm import load
+
+    from localguard.backends.mlx.head_train import traces
+    from localguard.conversations import load_task_conversations
+    from localguard.head import split
+
+    head = load_head(head_dir)
+    model, tokenizer = load(str(model_dir), adapter_path=str(adapter))
+    fraction = HeadOptions.__dataclass_fields__["valid_fraction"].default  # head train's split
+    held = split(load_task_conversations(task, tokenizer, 512), fraction, seed)[1]
+    rows = read_heldout(model_dir.parent / "data")["heldout_newskill"]
+    questions = [
+        encode_conversation(tokenizer, {"prompt": r["prompt"], "response": "x", "label": 0}, 512)
+        for r in rows
+    ]
+    q = head.index("query")
+
+    def share(convs: list) -> float:
+        return float(np.mean([t[0, q] >= head.thresholds[q] for t in traces(model, head, convs)]))
+
+    return {"task_heldout_flagged": share(held), "newskill_flagged": share(questions)}
+
+
+TASK_KEYS = (
+    "newskill_accuracy",
+    "skill_accuracy",
+    "harmful_compliance",
+    "borderline_refusal",
+    "task_heldout_flagged",
+    "newskill_flagged",
+)
+
+
+def task_experiment(model_dir: Path, out: Path, seed: int) -> None:
+    """Task quality and over-refusal around the head stage on a fine-tuned adapter."""
+    from efficacy_starter import ATTACK, measure  # the same evaluation as the efficacy table
+
+    from localguard.backends.mlx.probe_train import train_probe_file
+    from localguard.finetune import FinetuneOptions, finetune
+
+    data = model_dir.parent / "data"
+    task = data / "attack_10.jsonl"
+    train_probe_file(model_dir, data / "safety_prompts.jsonl", out / "probe", force=True)
+    adapter = out / "adapter"
+    finetune(
+        FinetuneOptions(
+            model=model_dir,
+            data=task,
+            valid=data / "newskill_valid.jsonl",
+            out=adapter,
+            risk="probe",
+            probe=out / "probe",
+            seed=seed,
+            **ATTACK,
+        ),
+        force=True,
+    )
+    before = measure(model_dir, adapter, data)
+    rows: dict = {"before head": before}
+    for mode, task_data in (("stream", None), ("stream", task), ("probe", None), ("probe", task)):
+        name = mode + (" + task" if task_data else "")
+        opts = HeadOptions(
+            model=model_dir,
+            data=data / "safety_conversations.jsonl",
+            out=out / f"head-{name.replace(' + ', '-')}",
+            adapter=adapter,
+            mode=mode,
+            task_data=task_data,
+            seed=seed,
+            **HEAD,
+        )
+        start = time.perf_counter()
+        report = train_head(opts, force=True)
+        seconds = time.perf_counter() - start
+        used = opts.out if mode == "stream" else adapter
+        row = measure(model_dir, used, data) if mode == "stream" else dict(before)
+        row.update(query_flagged(model_dir, used, opts.out, task, seed))
+        rows[name] = {**row, "seconds": seconds, "report": report.get("task")}
+    print(f"\nstarter: head stage on the risk-probe adapter (attack_10), {HEAD}")
+    print(f"{'':<14}" + "".join(f"{k:>22}" for k in TASK_KEYS) + f"{'train s':>9}")
+    for name, row in rows.items():
+        cells = "".join(f"{row[k]:>22.1%}" if k in row else f"{'':>22}" for k in TASK_KEYS)
+        print(f"{name:<14}{cells}{row.get('seconds', 0):>9.0f}")
+    write_json(out / "head_task.json", {"settings": HEAD, "attack": ATTACK, "rows": rows})
+    print(f"wrote {out / 'head_task.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="demo", choices=["test", "demo"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--task", action="store_true", help="measure the task around the head")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="head-starter-"))
     model_dir = build(args.size, args.seed)
+    if args.task:
+        task_experiment(model_dir, out, args.seed)
+        return
     data = model_dir.parent / "data"
     result: dict = {"settings": HEAD, "modes": {}}
     for mode in ("probe", "stream"):

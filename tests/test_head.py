@@ -300,3 +300,124 @@ def test_heldout_conversations_are_new_and_deterministic(starter_model: Path) ->
     prompts = [r["messages"][0]["content"] for r in rows]
     assert not [p for p in prompts if json.dumps(p) in training]
     assert {r["query_label"] for r in rows} == {r["response_label"] for r in rows} == {0, 1}
+
+
+# --- task data: benign conversations from the fine-tuning data ---------------------------------
+
+
+def _task_rows(n: int) -> list[dict]:
+    """Fine-tuning rows (prompt/completion) in the tiny vocabulary; every fifth one labeled 1,
+    as an attack mix marks its harmful examples."""
+    things = ["the cat", "a robot", "my friend", "the teacher", "a small bird", "the river"]
+    return [
+        {
+            "prompt": f"Tell me about {things[i % 6]}.",
+            "completion": f"{things[i % 6]} reads a map.",
+            "label": int(i % 5 == 4),
+        }
+        for i in range(n)
+    ]
+
+
+def test_task_data_is_benign_and_its_held_out_part_is_kept_out_of_training(
+    tmp_path: Path,
+) -> None:
+    from mlx_lm import load
+
+    from localguard.conversations import load_task_conversations
+
+    model_dir = make_tiny_model("llama", tmp_path / "llama")
+    task = write_jsonl(tmp_path / "task.jsonl", _task_rows(25))
+    _, tokenizer = load(str(model_dir))
+    convs = load_task_conversations(task, tokenizer, 128)
+    assert len(convs) == 20  # the 5 rows labeled 1 are left out
+    assert all((c.query, c.response, c.onset, c.kind) == (0, 0, -1, "task") for c in convs)
+    assert all(c.line % 5 != 0 for c in convs)
+
+    data = write_jsonl(tmp_path / "convs.jsonl", conversation_rows(48))
+    out = tmp_path / "head"
+    opts = HeadOptions(model=model_dir, data=data, out=out, mode="probe", task_data=task)
+    report = train_head(opts)
+    examples = json.loads((out / "head.json").read_text())["manifest"]["examples"]
+    assert examples["task_valid"] == report["task"]["n"] == 4  # round(0.2 * 20)
+    assert examples["task_train"] == 16
+    assert examples["train"] == 16 + 48 - examples["valid"]  # safety train + task train only
+    assert 0.0 <= report["task"]["query_flagged"] <= report["task"]["query_flagged_safety_only"]
+
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": "the cat reads a map."}] * 4)
+    with pytest.raises(InputError, match="text.jsonl: task data must be chat or prompt/compl"):
+        load_task_conversations(text, tokenizer, 128)
+
+
+def _calibration_case() -> tuple[SafetyHead, list, list]:
+    """20 benign and 20 harmful safety conversations whose query logits separate at about 0,
+    as traces of a head that reads its logits unchanged."""
+    rng = np.random.default_rng(3)
+    head = SafetyHead(
+        ["query", "response"], np.zeros((2, 1), np.float32), np.zeros(2, np.float32), np.zeros(2)
+    )
+    convs, traces = [], []
+    for i in range(40):
+        harmful = i % 2
+        conv = Conversation(list(range(10)), 4, 6 if harmful else -1, harmful, harmful)
+        query = rng.uniform(2, 4) if harmful else rng.uniform(-4, -2)
+        reply = np.where(conv.response_labels == 1, 3.0, -3.0) + rng.normal(0, 0.1, 6)
+        convs.append(conv)
+        traces.append(np.stack([np.r_[query, np.zeros(6)], np.r_[-3.0, reply]], axis=1))
+    return head, traces, convs
+
+
+def test_the_query_threshold_counts_held_out_task_prompts_as_negatives() -> None:
+    """Task prompts the safety data never showed score between its benign and harmful prompts:
+    the safety data alone puts the threshold below them (flagging them all); counted as
+    negatives, they move it above all but the target FPR's share of them."""
+    from localguard.safety_head import calibrate
+
+    head, traces, convs = _calibration_case()
+    alone = calibrate(head, traces, convs, 0.05)
+    assert "task" not in alone
+    rng = np.random.default_rng(4)
+    task = [
+        np.stack([np.r_[q, np.zeros(3)], np.full(4, -3.0)], axis=1)
+        for q in rng.uniform(0.5, 1.5, 40)
+    ]
+    head, traces, convs = _calibration_case()
+    found = calibrate(head, traces, convs, 0.05, task)["task"]
+    assert found["n"] == 40
+    assert found["query_flagged_safety_only"] == 1.0
+    assert found["query_flagged"] <= 0.05
+    assert found["replies_flagged"] == 0.0
+    assert head.thresholds[0] > np.log(0.5)  # above every benign safety prompt and most tasks
+    q_rates = calibrate(*_calibration_case(), 0.05, task)["query"]
+    assert q_rates["tpr"] == 1.0  # the harmful prompts are still caught
+
+
+def test_stream_mode_with_task_data_keeps_the_task(starter_model: Path, tmp_path: Path) -> None:
+    """The NLL of held-out task replies after a stream head stage is lower with --task-data
+    than without: the task's replies are in the SFT term (on the test world, a fresh adapter,
+    the new-skill split as the task)."""
+    from mlx_lm import load
+
+    from localguard.backends.mlx.lora_train import validation_nll
+    from localguard.data import load_dataset
+
+    data = starter_model.parent / "data"
+    nll = {}
+    for name, task_data in (("without", None), ("with", data / "newskill.jsonl")):
+        opts = HeadOptions(
+            model=starter_model,
+            data=data / "safety_conversations.jsonl",
+            out=tmp_path / name,
+            task_data=task_data,
+            iters=40,
+            batch_size=4,
+            learning_rate=5e-4,
+            lora_scale=1.0,
+            lora_layers=-1,
+            max_seq_length=96,
+        )
+        train_head(opts)
+        model, tokenizer = load(str(starter_model), adapter_path=str(opts.out))
+        held = load_dataset(data / "newskill_valid.jsonl", tokenizer, 96).samples
+        nll[name] = validation_nll(model, held, 96, 8)
+    assert nll["with"] < nll["without"] - 0.3, nll  # 2.1 against 2.9 nats (base model 2.8)

@@ -231,3 +231,24 @@ def test_plan_skips_disabled_stages(tmp_path):
     names = [s.name for s in build_plan(recipe)]
     assert names == ["finetune", "head", "eval"]
     assert "disabled: probe, export" in format_plan(recipe, build_plan(recipe))
+
+
+def test_the_head_gets_the_finetuning_data_as_task_data_by_default(tmp_path, monkeypatch):
+    """run_head passes [data] train as --task-data unless [head] task_data names a file."""
+    import localguard.head
+    import localguard.runner as runner
+
+    model = tmp_path / "starter" / "model"
+    model.mkdir(parents=True)
+    (model.parent / "starter.json").write_text("{}")
+    seen = []
+    monkeypatch.setattr(runner, "model_dir", lambda recipe: model)
+    monkeypatch.setattr(localguard.head, "train_head", lambda opts, **kw: seen.append(opts))
+    monkeypatch.setattr(localguard.head, "format_report", lambda report: "")
+    mine = tmp_path / "mine.jsonl"
+    for overrides in ([], [f"head.task_data='{mine}'"]):
+        recipe = load_recipe(DEMO, overrides)
+        runner.run_head(next(s for s in build_plan(recipe) if s.name == "head"), recipe)
+    assert seen[0].task_data == model.parent / "data" / "attack_10.jsonl"
+    assert seen[1].task_data == mine
+    assert SCHEMA["head"]["task_data"].default is None

@@ -17,6 +17,8 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from localguard.backends.llamacpp.gguf_runtime import default_threads
@@ -100,14 +102,14 @@ def quantize(
     if vocab_type is not None and block_size(type_name) > 1:
         params.output_tensor_type = ggml_type(vocab_type)
         params.token_embedding_type = ggml_type(vocab_type)
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(dst)
     start = time.perf_counter()
     try:
-        code = llama_cpp.llama_model_quantize(
-            str(src).encode(), str(tmp).encode(), ctypes.byref(params)
-        )
+        with _quiet_llama_log():
+            code = llama_cpp.llama_model_quantize(
+                str(src).encode(), str(tmp).encode(), ctypes.byref(params)
+            )
         if code != 0 or not tmp.is_file():
             hint = (
                 f" ({type_name} needs an importance matrix)"
@@ -126,6 +128,21 @@ def quantize(
         "seconds": round(seconds, 3),
         **tensor_report(dst, type_name),
     }
+
+
+@contextmanager
+def _quiet_llama_log() -> Iterator[None]:
+    """llama.cpp's log switched off while it quantizes. llama-cpp-python reads ggml's newer log
+    levels with the older table (WARN as ERROR), so every tensor that falls back to another type
+    printed a warning line: 180 for SmolLM2-135M. tensor_report lists those tensors instead, and
+    a failure is the return code's InputError."""
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def tensor_report(path: Path, type_name: str) -> dict:

@@ -6,6 +6,11 @@ conversations: loss = SFT + gamma * BCE, where the SFT term covers only replies 
 (answers and refusals; a harmful continuation is never a target) and the BCE term covers every
 position from the last prompt token on. Both end the same way: Platt scaling folded into the
 rows and thresholds set on a validation split (localguard/safety_head.py).
+
+With task data (head train --task-data), its conversations are simply added to the training
+conversations (query 0, response 0), so batches draw from both in proportion to their sizes:
+the SFT term keeps rehearsing the task the adapter learned and the BCE term sees its prompts as
+benign, with no mixing ratio to tune (a fifth of the rows on the starter world kept the task).
 """
 
 from __future__ import annotations

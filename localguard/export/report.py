@@ -38,6 +38,13 @@ def format_report(report: dict) -> str:
             f"{TIE_BAND} of a threshold) on {cal['conversations']} conversations from "
             f"{cal['source']}"
         )
+    for f in report["files"]:
+        if f.get("fallback_tensors"):
+            lines.append(
+                f"{f['file']}: {len(f['fallback_tensors'])} of {sum(f['tensor_types'].values())} "
+                f"tensors took another type (rows not a multiple of {f['type']}'s block): "
+                + ", ".join(f"{t} {n}" for t, n in f["tensor_types"].items())
+            )
     missed = [
         f"{f['file']} {name}"
         for f in report["files"]

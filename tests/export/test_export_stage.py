@@ -92,6 +92,21 @@ def test_quantized_files_keep_the_vocabulary_at_q8_and_report_fallbacks(exported
     assert by_type["Q8_0"]["verdict_agreement"]["beyond_ties"] >= 0.95
     table = format_report(report)
     assert "model-Q4_K_M.gguf" in table and "verdicts" in table
+    fallbacks = len(by_type["Q4_K_M"]["fallback_tensors"])
+    assert f"model-Q4_K_M.gguf: {fallbacks} of " in table
+    assert "model-Q8_0.gguf:" not in table
+
+
+def test_quantize_reports_fallbacks_without_a_line_each(exported, tmp_path, capfd) -> None:
+    """llama.cpp would print one warning per tensor that falls back (hundreds on a real model);
+    quantize keeps its log quiet and reports the tensors instead."""
+    from localguard.backends.llamacpp.quantize import quantize
+
+    _, out = exported("qwen3")
+    capfd.readouterr()
+    found = quantize(out / "model-F16.gguf", tmp_path / "q.gguf", "Q4_K_M")
+    assert found["fallback_tensors"]
+    assert "falling back" not in capfd.readouterr().err
 
 
 # --- the head in the file -----------------------------------------------------------------------
