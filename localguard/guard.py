@@ -192,6 +192,13 @@ class GuardResult:
         return asdict(self)
 
 
+def prompt_messages(prompt: str, start: str = "") -> list[dict]:
+    """A one-turn chat; a non-empty start is forced as the beginning of the reply, which the
+    model continues (split_prefill takes it apart again)."""
+    messages = [{"role": "user", "content": prompt}]
+    return messages + ([{"role": "assistant", "content": start}] if start else [])
+
+
 def split_prefill(messages: Sequence[dict]) -> tuple[list[dict], str]:
     """A chat ending in an assistant message is a request to continue that message: the chat
     before it and the forced start."""

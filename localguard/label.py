@@ -32,7 +32,7 @@ from localguard.backends.factory import backend_for, gguf_path, open_guard_backe
 from localguard.errors import InputError
 from localguard.eval.prompts import EvalPrompt, load_prompts
 from localguard.files import describe, write_json, write_text
-from localguard.guard import GuardSettings, generate
+from localguard.guard import GuardSettings, generate, prompt_messages
 from localguard.refusal import is_compliant, is_refusal
 
 KINDS = ("refusal", "harmful", "benign")
@@ -94,11 +94,10 @@ def model_reply(backend: GuardBackend, prompt: str, start: str, sampling: Sampli
     """The model's own reply with the guard off. A non-empty start is forced as the beginning
     of the reply (as eval's prefill attack forces it) and the model continues it; the start
     does not count against sampling.max_tokens."""
-    messages = [{"role": "user", "content": prompt}]
     if start:
-        messages.append({"role": "assistant", "content": start})
         budget = sampling.max_tokens + len(backend.encode_text(start))
         sampling = dataclasses.replace(sampling, max_tokens=budget)
+    messages = prompt_messages(prompt, start)
     return generate(backend, messages, GuardSettings(mode="off"), sampling).text
 
 

@@ -29,7 +29,7 @@ from localguard.eval.suites import ATTACK_SUITES, Case, build_cases, prompt_sets
 from localguard.eval.summary import summarize
 from localguard.eval.targets import attack_targets, open_target
 from localguard.files import clean_json, temporary_name, write_json
-from localguard.guard import GuardResult, GuardSettings, generate
+from localguard.guard import GuardResult, GuardSettings, generate, prompt_messages
 from localguard.recipe import EVAL_SUITES
 
 PARTIAL_RESULTS = "results.partial.jsonl"
@@ -194,10 +194,7 @@ def reply(
     prefill = ""
     if case.prefill_tokens:
         prefill = backend.decode(backend.encode_text(case.prefill_text)[: case.prefill_tokens])
-    messages = [{"role": "user", "content": case.text}]
-    if prefill:
-        messages.append({"role": "assistant", "content": prefill})
-    return prefill, generate(backend, messages, settings, sampling)
+    return prefill, generate(backend, prompt_messages(case.text, prefill), settings, sampling)
 
 
 def guard_record(result: GuardResult, has_head: bool) -> dict | None:
