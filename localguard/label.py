@@ -156,17 +156,8 @@ def write_sidecar(partial: Path, options: dict, skipped: set[str]) -> None:
 
 
 def read_rows(path: Path) -> dict[tuple[str, str], dict]:
-    """The rows a killed run wrote, by (id, kind); stops quietly at a cut-short last line."""
-    if not path.is_file():
-        return {}
-    rows = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            break
-        rows[(row["id"], row["kind"])] = row
-    return rows
+    """The rows a killed run wrote, by (id, kind)."""
+    return {(row["id"], row["kind"]): row for row in runs.read_appended(path)}
 
 
 def resume(out: Path, options: dict, force: bool) -> tuple[dict[tuple[str, str], dict], set[str]]:

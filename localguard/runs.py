@@ -54,6 +54,20 @@ def trim_metrics(work: Path, step: int) -> None:
     write_text(path, "".join(line + "\n" for line in keep))
 
 
+def read_appended(path: Path) -> list[dict]:
+    """The JSON lines a killed run appended to path, oldest first. Unlike
+    localguard.data.read_jsonl this stops quietly at a cut-short last line."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records
+
+
 class MetricsLog:
     """Appends one JSON line per step and keeps the last one."""
 

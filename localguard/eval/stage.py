@@ -121,16 +121,8 @@ def _nothing_done(work: Path) -> bool:
 
 
 def read_partial(path: Path) -> tuple[list[dict], set[str]]:
-    """The records a killed run wrote, and the keys of their generations. Unlike
-    localguard.data.read_jsonl this stops quietly at a cut-short last line."""
-    if not path.exists():
-        return [], set()
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:  # the last line of a killed run may be cut short
-            break
+    """The records a killed run wrote, and the keys of their generations."""
+    records = runs.read_appended(path)
     keys = {record_key(r["target"], r["suite"], r["attack"], r["prompt_id"]) for r in records}
     return records, keys
 
