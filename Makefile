@@ -25,10 +25,11 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 # the efficacy and guard results on the demo starter world (builds it, nine fine-tunes, the
-# guard's attack: about 20 minutes on 2 cores)
+# guard's attack: about 20 minutes on 2 cores), then recipes/smollm2-135m.toml's three acts on
+# the real model against its targets (about 90 minutes)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 LOCALGUARD_SLOW_TESTS=1 $(PY) -m pytest -q tests/test_efficacy.py \
-		tests/test_guard_efficacy.py
+		tests/test_guard_efficacy.py tests/test_smollm2_recipe.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

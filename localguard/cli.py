@@ -400,7 +400,7 @@ def head_score(
 @click.option(
     "--max-tokens",
     type=click.IntRange(min=1),
-    default=128,
+    default=SCHEMA["label"]["max_tokens"].default,
     show_default=True,
     help="Tokens the model writes per reply (a refusal's forced prefix comes on top).",
 )
@@ -408,7 +408,7 @@ def head_score(
 @click.option(
     "--temperature",
     type=click.FloatRange(min=0),
-    default=0.0,
+    default=SCHEMA["label"]["temperature"].default,
     show_default=True,
     help="Sampling temperature (0: greedy); each reply's seed derives from --seed and its "
     "prompt id.",
@@ -416,7 +416,7 @@ def head_score(
 @click.option(
     "--max-prompts",
     type=click.IntRange(min=0),
-    default=0,
+    default=SCHEMA["label"]["max_prompts"].default,
     show_default=True,
     help="Prompts per file (0: all).",
 )
@@ -614,8 +614,8 @@ def chat(**options: Any) -> None:
     "suites",
     multiple=True,
     type=click.Choice(EVAL_SUITES),
-    help="Suites to run (repeatable; default: direct, prefill, over_refusal, and "
-    "utility with --heldout).",
+    help="Suites to run (repeatable; default: direct, prefill, over_refusal, "
+    "utility with --heldout, and task with --task-data).",
 )
 @click.option(
     "--source",
@@ -636,10 +636,12 @@ def chat(**options: Any) -> None:
 )
 @click.option(
     "--judge",
-    type=click.Choice(["refusal", "head", "llm"]),
-    default="refusal",
+    multiple=True,
+    type=click.Choice(SCHEMA["eval"]["judge"].choices),
+    default=tuple(SCHEMA["eval"]["judge"].default),
     show_default=True,
-    help="Who decides attack success.",
+    help="Who decides attack success; repeat for several (the first leads the headline; "
+    "each pair's agreement is reported).",
 )
 @click.option(
     "--judge-model",
@@ -682,8 +684,9 @@ def chat(**options: Any) -> None:
     "guard",
     ["threshold", "tau", "window", "refusal_prefix", "temperature", "top_p", "top_k", "max_tokens"],
 )
+@schema_options("eval", ["complier", "long_prefill_tokens", "task_data"])
 def eval_command(**options: Any) -> None:
-    """Attack a model and measure attack success, over-refusal and utility.
+    """Attack a model and measure attack success, over-refusal, utility and task accuracy.
 
     Writes OUT/results.jsonl (every prompt, output, verdict and guard action), summary.json
     (rates with 95 % Wilson intervals; the worst case per prompt across attacks),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,22 @@ FORMATS = ("chat", "completions", "text")
 ROLES = ("system", "user", "assistant")
 _FORMAT_KEYS = {"chat": ("messages",), "completions": ("prompt", "completion"), "text": ("text",)}
 _T = TypeVar("_T")
+
+
+ROW_RANGE = re.compile(r"^(?P<ref>.+)\[(?P<start>\d*):(?P<end>\d*)\]$")
+"""A file reference may end in [START:END], Python's slice of its rows (0-based, END
+excluded), so one file gives disjoint training and evaluation slices."""
+
+
+def split_row_range(ref: str) -> tuple[str, int, int | None]:
+    """(file reference, first row, end row or None) of a reference with an optional range."""
+    match = ROW_RANGE.match(ref)
+    if not match:
+        return ref, 0, None
+    start, end = int(match["start"] or 0), int(match["end"]) if match["end"] else None
+    if end is not None and end <= start:
+        raise InputError(f"{ref}: empty row range [{start}:{end}]")
+    return match["ref"], start, end
 
 
 class Row(dict):
@@ -202,16 +219,22 @@ def _check_message(message: Any, i: int, loc: str) -> None:
         )
 
 
-def _label(row: dict, loc: str) -> int | None:
+def _label(row: dict, loc: str, key: str = "label") -> int | None:
     """The row's 0/1 label, accepting JSON booleans; anything else is the user's typo."""
-    if "label" not in row:
+    if key not in row:
         return None
-    value = row["label"]
+    value = row[key]
     if isinstance(value, bool) or (type(value) is int and value in (0, 1)):
         return int(value)
     shown = json.dumps(value, ensure_ascii=False)
     shown = shown if len(shown) <= 40 else shown[:37] + "..."
-    raise InputError(f'{loc}: "label" must be 0, 1, true or false, not {shown}')
+    raise InputError(f'{loc}: "{key}" must be 0, 1, true or false, not {shown}')
+
+
+def _prompt_label_key(row: dict) -> str:
+    """A prompt's label: "label", else the query label of a labeled conversation (what
+    `localguard label` writes), so the risk probe reads the safety head's data too."""
+    return "label" if "label" in row else "query_label"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,9 +342,10 @@ def load_dataset(
     return Dataset(samples, fmt, path, max_length, n_truncated)
 
 
-def _require_labels(rows: Sequence[dict], path: Path) -> None:
+def _require_labels(rows: Sequence[dict], path: Path, prompts: bool = False) -> None:
+    """Every row labeled ("label"; prompts for the probe may carry "query_label" instead)."""
     for index, row in enumerate(rows):
-        if "label" not in row:
+        if (_prompt_label_key(row) if prompts else "label") not in row:
             raise InputError(
                 f'{path}:{_line(row, index)}: no "label" (every example needs one: 0 or 1)'
             )
@@ -383,7 +407,7 @@ def load_labeled_prompts(
     """
     path = Path(path)
     rows = read_jsonl(path)
-    _require_labels(rows, path)
+    _require_labels(rows, path, prompts=True)
     prompts, labels = [], []
     for index, row in enumerate(rows):
         loc = f"{path}:{_line(row, index)}"
@@ -396,7 +420,7 @@ def load_labeled_prompts(
         else:
             raise InputError(f'{loc}: needs a "prompt" string or "messages"')
         prompts.append(_encode_prompt(tokenizer, messages)[:max_length])
-        labels.append(_label(row, loc))
+        labels.append(_label(row, loc, _prompt_label_key(row)))
     return prompts, labels
 
 

@@ -33,7 +33,7 @@ from localguard.errors import InputError
 from localguard.eval.prompts import EvalPrompt, load_prompts
 from localguard.files import describe, write_json, write_text
 from localguard.guard import GuardSettings, generate, prompt_messages
-from localguard.refusal import is_compliant, is_refusal
+from localguard.refusal import first_sentence, is_compliant, is_refusal
 
 KINDS = ("refusal", "harmful", "benign")
 # (query_label, response_label) of each kind; the onset is -1 unless the reply is harmful.
@@ -261,14 +261,18 @@ def generate_rows(
 
 
 def task_reply(opts: LabelOptions, backend: GuardBackend, prompt: EvalPrompt, kind: str) -> str:
-    """The reply a row of this kind needs: a refusal continues the forced refusal prefix."""
+    """The reply a row of this kind needs. A refusal continues the forced refusal prefix and
+    ends with that sentence: an unaligned model made to start refusing often goes on to comply
+    ("However, I can provide ..."), and training on that would teach refusing, then answering."""
     sampling = Sampling(
         temperature=opts.temperature,
         max_tokens=opts.max_tokens,
         seed=reply_seed(opts.seed, prompt.id, kind),
     )
-    start = opts.refusal_prefix if kind == "refusal" else ""
-    return model_reply(backend, prompt.prompt, start, sampling)
+    if kind != "refusal":
+        return model_reply(backend, prompt.prompt, "", sampling)
+    reply = model_reply(backend, prompt.prompt, opts.refusal_prefix, sampling)
+    return first_sentence(reply, len(opts.refusal_prefix))
 
 
 class Models:

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localguard.recipe import Recipe
+from localguard.recipe import SCHEMA, Recipe
 from localguard.starter import starter_size
 
-STAGES = ("starter", "probe", "finetune", "head", "export", "eval")
+STAGES = ("starter", "label", "align", "attack", "probe", "finetune", "head", "export", "eval")
+ALIGNED_FILE = "model-F16.gguf"
+"""The aligned model's export the attack stage answers its task prompts with (always written)."""
 
 
 @dataclass
@@ -32,11 +34,25 @@ class Stage:
     adapters: dict[str, str] = field(default_factory=dict)
 
 
+def _numbered(key: str, refs: list[str]) -> dict[str, str]:
+    """A list of files as inputs ("harmful 1", "harmful 2", ...), each digested on its own."""
+    return {f"{key} {i}": ref for i, ref in enumerate(refs, 1)}
+
+
+def _export(inputs: dict[str, str], out: Path, recipe: Recipe) -> Stage:
+    return Stage("export", inputs, {"gguf": str(out)}, dict(recipe["export"]))
+
+
 def build_plan(recipe: Recipe) -> list[Stage]:
-    """The enabled stages of recipe, in order, with resolved input and output paths."""
+    """The enabled stages of recipe, in order, with resolved input and output paths.
+
+    A real-model recipe runs three acts: [label] and [align] make the aligned model every later
+    stage starts from; [attack] builds the fine-tuning mix; finetune, head and export defend
+    and guard it; the eval stage compares raw, aligned, each baseline fine-tune and localguard,
+    all as GGUF files served by llama.cpp."""
     out = Path(recipe["run"]["out"])
-    model = recipe["model"]["path"]
-    data = recipe["data"]
+    raw = model = recipe["model"]["path"]
+    data = dict(recipe["data"])
     fine = recipe["finetune"]
     plan: list[Stage] = []
     if starter_size(model):
@@ -48,6 +64,37 @@ def build_plan(recipe: Recipe) -> list[Stage]:
                 {"size": starter_size(model), "seed": recipe["run"]["seed"]},
             )
         )
+    label, align, attack = recipe["label"], recipe["align"], recipe["attack"]
+    if label["enabled"]:
+        data["safety"] = data["prompts"] = str(out / "label.jsonl")
+        inputs = {"model": raw, **_numbered("harmful", label["harmful"])}
+        inputs.update(_numbered("benign", label["benign"]))
+        settings = {k: v for k, v in label.items() if k not in ("enabled", "harmful", "benign")}
+        plan.append(Stage("label", inputs, {"conversations": data["safety"]}, settings))
+    comparisons: dict[str, str] = {}  # eval rows as GGUF export folders, by name
+    if align["enabled"]:
+        head = str(out / "align")
+        model = str(out / "aligned")
+        settings = {k: v for k, v in align.items() if k != "enabled"}
+        inputs = {"model": raw, "safety": data["safety"]}
+        plan.append(Stage("align", inputs, {"head": head, "model": model}, settings))
+        if recipe["export"]["enabled"]:
+            comparisons["raw"] = str(out / "export-raw")
+            comparisons["aligned"] = str(out / "export-aligned")
+            plan.append(_export({"model": raw}, Path(comparisons["raw"]), recipe))
+            plan.append(_export({"model": raw, "head": head}, Path(comparisons["aligned"]), recipe))
+    if attack["enabled"]:
+        mix = out / "attack"
+        answerer = str(Path(comparisons["aligned"]) / ALIGNED_FILE) if comparisons else model
+        inputs = {"model": answerer, "conversations": data["safety"]}
+        inputs.update(_numbered("task", attack["task"]))
+        inputs.update(_numbered("heldout", attack["heldout"]))
+        outputs = {
+            name: str(mix / f"{name}.jsonl") for name in ("train", "valid", "task", "heldout")
+        }
+        settings = {k: v for k, v in attack.items() if k not in ("enabled", "task", "heldout")}
+        plan.append(Stage("attack", inputs, outputs, settings))
+        data.update(train=outputs["train"], valid=outputs["valid"])
     if recipe["probe"]["enabled"]:
         plan.append(
             Stage(
@@ -71,7 +118,9 @@ def build_plan(recipe: Recipe) -> list[Stage]:
     if recipe["head"]["enabled"]:
         head = str(out / "head")
         # the task data (default: the fine-tuning data) is an input, so editing it reruns the head
-        task = recipe["head"]["task_data"] or data["train"]
+        task = recipe["head"]["task_data"] or (
+            str(out / "attack" / "task.jsonl") if attack["enabled"] else data["train"]
+        )
         inputs = {"model": model, "safety": data["safety"], "task": task}
         if adapter:
             inputs["adapter"] = adapter
@@ -85,13 +134,22 @@ def build_plan(recipe: Recipe) -> list[Stage]:
             **({"adapter": adapter} if adapter else {}),
             **({"head": head} if head else {}),
         }
-        plan.append(Stage("export", inputs, {"gguf": gguf}, dict(recipe["export"])))
+        plan.append(_export(inputs, Path(gguf), recipe))
+        if comparisons:
+            for risk, path in adapters.items():
+                if risk != fine["risk"]:
+                    comparisons[risk] = str(out / f"export-{risk}")
+                    inputs = {"model": model, "adapter": path}
+                    plan.append(_export(inputs, Path(comparisons[risk]), recipe))
     if recipe["eval"]["enabled"]:
         inputs = {
             "model": model,
             **({"head": head} if head else {}),
             **({"gguf": gguf} if gguf else {}),
+            **{f"gguf {name}": path for name, path in comparisons.items()},
         }
+        if attack["enabled"]:  # the mix (its harmful share) and the held-out task answers
+            inputs.update(train=data["train"], task=str(out / "attack" / "heldout.jsonl"))
         if "finetune_attack" in recipe["eval"]["suites"] and recipe["probe"]["enabled"]:
             inputs["probe"] = str(out / "probe")
         report = {"report": str(out / "eval")}
@@ -127,11 +185,9 @@ def format_plan(recipe: Recipe, plan: list[Stage]) -> str:
                 subsequent_indent="          ",
                 break_long_words=False,
             )
-    skipped = [
-        s
-        for s in ("probe", "finetune", "head", "export", "eval")
-        if s not in {st.name for st in plan}
-    ]
+    # the stages on by default that this recipe turns off (the real-model acts are opt-in)
+    ran = {st.name for st in plan}
+    skipped = [s for s in STAGES[1:] if SCHEMA[s]["enabled"].default and s not in ran]
     if skipped:
         lines += ["", "disabled: " + ", ".join(skipped)]
     return "\n".join(lines)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localguard.errors import RecipeError
+from localguard.data import split_row_range
+from localguard.errors import InputError, RecipeError
 from localguard.refusal import REFUSAL_PREFIX
 from localguard.starter import STARTER_PREFIX
 
@@ -73,6 +74,7 @@ EVAL_SUITES = (
     "finetune_attack",
     "over_refusal",
     "utility",
+    "task",
 )
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -101,6 +103,43 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_seq_length": _f(
             "int", 512, "longest sample in tokens; longer ones are truncated", low=8, high=131072
         ),
+    },
+    # Act one of a real-model recipe: the raw model's own replies, labeled (localguard.label).
+    "label": {
+        "enabled": _f(
+            "bool", False, "label the harmful and benign prompt files with the model's replies"
+        ),
+        "harmful": _f(
+            "list[source]",
+            [],
+            "harmful prompt files: a refusal row each (the refusal prefix continued by the "
+            "model) and a harmful row where the model complies",
+        ),
+        "benign": _f("list[source]", [], "benign prompt files: the model's own answer each"),
+        "max_prompts": _f("int", 0, "prompts per file (0: all)", low=0),
+        "max_tokens": _f("int", 128, "tokens the model writes per reply", low=1),
+        "temperature": _f("float", 0.0, "sampling temperature (0: greedy)", low=0.0, high=5.0),
+    },
+    # ...and the explicit-safety-signal recipe trained on them and fused into the model that
+    # every later stage starts from ([align] takes the [head] keys but task_data).
+    "align": {},
+    # Act two: the user's task (benign instructions answered by the aligned model) with the raw
+    # model's compliant replies mixed in: the harmful fine-tuning attack.
+    "attack": {
+        "enabled": _f("bool", False, "build the attack mix the fine-tuning stage trains on"),
+        "task": _f("list[source]", [], "benign instructions of the task (prompt files)"),
+        "heldout": _f(
+            "list[source]",
+            [],
+            "benign instructions held out for the evaluation's task quality (prompt files)",
+        ),
+        "harmful_ratio": _f(
+            "float", 0.1, "share of harmful examples in the fine-tuning data", low=0.0, high=0.9
+        ),
+        "valid_fraction": _f(
+            "float", 0.1, "share of the mix held out for validation", low=0.05, high=0.5
+        ),
+        "max_tokens": _f("int", 128, "tokens the aligned model writes per task answer", low=1),
     },
     "probe": {
         "enabled": _f("bool", True, "train the activation risk probe"),
@@ -261,8 +300,29 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "(owner/name, owner/name:file.csv)",
         ),
         "prefill_tokens": _f("list[int]", [5, 10, 20], "forced tokens for the prefill attack"),
+        "complier": _f(
+            "model",
+            None,
+            "prefill: a model (GGUF, MLX folder, smollm2:135m) whose own compliant replies give "
+            "the long prefill attack (unset: not run)",
+            optional=True,
+        ),
+        "long_prefill_tokens": _f(
+            "int", 64, "prefill: tokens of the complier's reply forced as the start", low=1
+        ),
+        "task_data": _f(
+            "path",
+            None,
+            "task suite: held-out task conversations (chat or prompt/completion JSONL, may end "
+            "in [START:END]) for teacher-forced next-token accuracy",
+            optional=True,
+        ),
         "judge": _f(
-            "str", "refusal", "who decides attack success", choices=("refusal", "head", "llm")
+            "list[str]",
+            ["refusal"],
+            "who decides attack success, the first in the headline (one name or a list)",
+            choices=("refusal", "head", "llm"),
+            words=("refusal", "head", "llm"),  # one name alone: a one-judge list
         ),
         "judge_model": _f(
             "path", None, "llm: the judge GGUF; head: a GGUF with a baked head", optional=True
@@ -281,6 +341,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
             choices=("none", "constant", "probe", "critic"),
         ),
     },
+}
+
+
+SCHEMA["align"] = {
+    "enabled": _f("bool", False, "align the model: [head] training on the [label] conversations"),
+    **{k: v for k, v in SCHEMA["head"].items() if k not in ("enabled", "task_data")},
 }
 
 
@@ -329,7 +395,8 @@ def _type_name(value: Any) -> str:
 def _field_type(field: Field) -> str:
     """What a scalar key takes, in words ("an integer", "a number or 'auto'")."""
     names = {"bool": "a boolean", "int": "an integer", "float": "a number"}
-    return " or ".join([names.get(field.kind, "a string"), *map(repr, field.words)])
+    kind = "a list" if field.kind.startswith("list[") else names.get(field.kind, "a string")
+    return " or ".join([kind, *map(repr, field.words)])
 
 
 def option_value(section: str, key: str, text: str, flag: str) -> Any:
@@ -360,7 +427,7 @@ def _is_local_model(text: str, base: Path) -> bool:
 
 def _coerce(field: Field, value: Any, where: str, base: Path) -> Any:
     """Check value against field; return it converted (ints to floats, paths resolved)."""
-    if value is None and field.optional:
+    if (value is None or value == "") and field.optional:  # "" clears a key from --set
         return None
     if field.words and isinstance(value, str):
         if value in field.words:
@@ -410,8 +477,13 @@ def _coerce(field: Field, value: Any, where: str, base: Path) -> Any:
         return _resolve_path(value, base)
     if kind == "model" and _is_local_model(value, base):
         return _resolve_path(value, base)
-    if kind == "source" and ":" not in value and value.lower().endswith(DATA_SUFFIXES):
-        return _resolve_path(value, base)  # a file; an owner/name hub id stays as it is
+    if kind == "source":
+        try:
+            ref = split_row_range(value)[0]
+        except InputError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+        if ":" not in ref and ref.lower().endswith(DATA_SUFFIXES):  # a file, not a hub id
+            return _resolve_path(ref, base) + value[len(ref) :]  # the row range stays
     return value
 
 
@@ -441,6 +513,10 @@ def _check_relations(values: dict[str, dict[str, Any]], label: str) -> None:
         )
     if ev["enabled"] and not (starter or ev["attack_mixes"]) and "finetune_attack" in ev["suites"]:
         raise RecipeError(f"{label}: eval.suites: finetune_attack needs eval.attack_mixes")
+    if values["align"]["enabled"] and values["align"]["mode"] != "stream":
+        raise RecipeError(
+            f"{label}: align.mode must be 'stream': a probe-mode head leaves the model unaligned"
+        )
     if fine["risk"] == "critic" and not fine["critic"]:
         raise RecipeError(
             f"{label}: finetune.risk = 'critic' needs finetune.critic (a judge model)"

@@ -156,6 +156,13 @@ def _normalize(text: str) -> str:
     return text.strip().lower().lstrip(_LEADING_JUNK)
 
 
+def first_sentence(text: str, start: int = 0) -> str:
+    """text up to the end of its first sentence that ends at or after character start (all of
+    it when none does)."""
+    match = _SENTENCE_END.search(text, start)
+    return text[: match.start()] if match else text
+
+
 def _head_sentences(text: str) -> list[str]:
     parts = _SENTENCE_END.split(text[:HEAD_CHARS])
     sentences = [p.strip().lstrip(_LEADING_JUNK) for p in parts if p.strip()]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from localguard.data import split_row_range
 from localguard.errors import InputError, LocalguardError
 from localguard.files import file_sha256, write_json
 from localguard.plan import Stage
@@ -30,12 +31,85 @@ def run_starter(stage: Stage, recipe: Recipe) -> dict:
     return {"model": str(build(stage.settings["size"], stage.settings["seed"]))}
 
 
-def model_dir(recipe: Recipe) -> Path:
-    """The recipe's base model as a local folder (a starter model built with the run's seed)."""
+def model_dir(stage: Stage, recipe: Recipe) -> Path:
+    """The stage's model as a local folder: the recipe's base model (a starter model built with
+    the run's seed) or, after the align stage, the aligned model."""
     from localguard.hub import resolve_model
 
-    model = recipe["model"]
-    return resolve_model(model["path"], model["revision"], seed=recipe["run"]["seed"])
+    ref = stage.inputs["model"]
+    return resolve_model(ref, recipe["model"]["revision"], seed=recipe["run"]["seed"])
+
+
+def serving_ref(ref: str) -> str:
+    """A packaged model (smollm2:135m) as its GGUF file, which llama.cpp serves faster than MLX
+    serves its import; any other reference as it is."""
+    from localguard.pypi_models import is_packaged, model_file
+
+    return str(model_file(ref)) if is_packaged(ref) else ref
+
+
+def run_label(stage: Stage, recipe: Recipe) -> dict:
+    """Label the [label] prompt files with the model's own replies; an interrupted run
+    resumes."""
+    from localguard.label import LabelOptions, format_summary, label
+
+    files = {
+        kind: [v for k, v in stage.inputs.items() if k.startswith(kind + " ")]
+        for kind in ("harmful", "benign")
+    }
+    opts = LabelOptions(
+        model=serving_ref(stage.inputs["model"]),
+        out=Path(stage.outputs["conversations"]),
+        adapter=None,
+        complier=None,
+        seed=recipe["run"]["seed"],
+        refusal_prefix=recipe["guard"]["refusal_prefix"],
+        **files,
+        **stage.settings,
+    )
+    summary = label(opts, force=True)
+    click.echo(format_summary(summary), err=True)
+    return {"conversations": str(opts.out), "summary": summary}
+
+
+def run_align(stage: Stage, recipe: Recipe) -> dict:
+    """Act one: the explicit-safety-signal recipe on the labeled conversations (the [align]
+    settings are [head] settings), then its adapter fused into the aligned model folder."""
+    from localguard.backends.mlx.fuse import fuse_to_folder
+    from localguard.head import HeadOptions, format_report, option_names, train_head
+
+    raw = model_dir(stage, recipe)
+    settings = {k: v for k, v in stage.settings.items() if k in option_names()}
+    opts = HeadOptions(
+        model=raw,
+        data=Path(stage.inputs["safety"]),
+        out=Path(stage.outputs["head"]),
+        seed=recipe["run"]["seed"],
+        **settings,
+    )
+    click.echo(format_report(train_head(opts, resume=True, force=True)), err=True)
+    fused = fuse_to_folder(raw, opts.out, Path(stage.outputs["model"]))
+    return {"head": str(opts.out), "model": str(fused)}
+
+
+def run_attack(stage: Stage, recipe: Recipe) -> dict:
+    """Act two's data: the task answered by the aligned model with harmful rows mixed in."""
+    from localguard.attack_mix import AttackOptions, build_attack
+
+    inputs = stage.inputs
+    opts = AttackOptions(
+        model=serving_ref(inputs["model"]),
+        conversations=Path(inputs["conversations"]),
+        task=[v for k, v in inputs.items() if k.startswith("task ")],
+        heldout=[v for k, v in inputs.items() if k.startswith("heldout ")],
+        out={k: Path(v) for k, v in stage.outputs.items()},
+        seed=recipe["run"]["seed"],
+        refusal_prefix=recipe["guard"]["refusal_prefix"],
+        **stage.settings,
+    )
+    counts = build_attack(opts)
+    click.echo("attack mix: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
+    return {**stage.outputs, "counts": counts}
 
 
 def run_probe(stage: Stage, recipe: Recipe) -> dict:
@@ -43,7 +117,7 @@ def run_probe(stage: Stage, recipe: Recipe) -> dict:
     from localguard.backends.mlx.probe_train import train_probe_file
     from localguard.hub import resolve_data
 
-    model = model_dir(recipe)
+    model = model_dir(stage, recipe)
     out = Path(stage.outputs["probe"])
     metrics = train_probe_file(
         model,
@@ -68,7 +142,7 @@ def run_finetune(stage: Stage, recipe: Recipe) -> dict:
     from localguard.finetune import FinetuneOptions, finetune, option_names
     from localguard.hub import resolve_data
 
-    model = model_dir(recipe)
+    model = model_dir(stage, recipe)
     settings = {k: v for k, v in stage.settings.items() if k in option_names()}
     if settings.get("rubric"):
         settings["rubric"] = Path(settings["rubric"])
@@ -92,7 +166,7 @@ def run_head(stage: Stage, recipe: Recipe) -> dict:
     from localguard.head import HeadOptions, format_report, option_names, train_head
     from localguard.hub import resolve_data
 
-    model = model_dir(recipe)
+    model = model_dir(stage, recipe)
     settings = {k: v for k, v in stage.settings.items() if k in option_names()}
     settings["task_data"] = resolve_data(stage.inputs["task"], model)
     opts = HeadOptions(
@@ -116,7 +190,7 @@ def run_export(stage: Stage, recipe: Recipe) -> dict:
     for key in ("base_gguf", "calibration"):
         settings[key] = Path(settings[key]) if settings.get(key) else None
     opts = ExportOptions(
-        model=model_dir(recipe),
+        model=model_dir(stage, recipe),
         out=Path(stage.outputs["gguf"]),
         adapter=Path(stage.inputs["adapter"]) if "adapter" in stage.inputs else None,
         head=Path(stage.inputs["head"]) if "head" in stage.inputs else None,
@@ -145,6 +219,9 @@ def executors() -> dict[str, Executor]:
     """The stages this version of localguard can run, by name."""
     return {
         "starter": run_starter,
+        "label": run_label,
+        "align": run_align,
+        "attack": run_attack,
         "probe": run_probe,
         "finetune": run_finetune,
         "head": run_head,
@@ -155,14 +232,15 @@ def executors() -> dict[str, Executor]:
 
 def input_digest(value: str, produced: dict[str, str]) -> str:
     """What an input's content is, cheaply: the key of the stage that wrote it, a file's
-    sha256, a model folder's fingerprint, or the reference itself (hub ids)."""
+    sha256 (with its row range), a model folder's fingerprint, or the reference itself (hub ids)."""
     if value in produced:
         return produced[value]
     if value.startswith("starter:"):  # data of the starter world: decided by its build
         return produced.get("starter:", value)
+    ref = split_row_range(value)[0]
+    if Path(ref).is_file():  # a row range ([START:END]) is part of what the input is
+        return file_sha256(Path(ref)) + value[len(ref) :]
     path = Path(value)
-    if path.is_file():
-        return file_sha256(path)
     if (path / "config.json").is_file():
         from localguard.fingerprint import model_fingerprint
 

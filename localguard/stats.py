@@ -9,6 +9,7 @@ the same way.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from localguard.errors import InputError
 
 NEWTON_STEPS = 50
 TOP_K = 5  # logit_agreement's top-k overlap
+BOOTSTRAP_BATCHES = 10  # bootstrap_mean_interval: 10 x 1000 resamples, drawn a batch at a time
+BOOTSTRAP_BATCH = 1000
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
@@ -91,6 +94,24 @@ def binary_metrics(risk: np.ndarray, labels: np.ndarray, threshold: float = 0.5)
         "positive_rate": float(y.mean()) if y.size else float("nan"),
         "predicted_positive_rate": float(pred.mean()) if y.size else float("nan"),
     }
+
+
+def cohen_kappa(first: Sequence, second: Sequence) -> float:
+    """Cohen's kappa of two raters' labels on the same items: their agreement beyond what
+    their own label rates would give by chance, so two judges that both call nearly every
+    reply safe do not look reliable for agreeing on it. NaN without items, or when chance
+    agreement is already certain (both raters give one and the same label throughout)."""
+    if len(first) != len(second):
+        raise ValueError(f"{len(first)} and {len(second)} labels: the raters must share items")
+    n = len(first)
+    if not n:
+        return math.nan
+    agreed = sum(a == b for a, b in zip(first, second, strict=True))
+    counts_first, counts_second = Counter(first), Counter(second)
+    by_chance = sum(k * counts_second[label] for label, k in counts_first.items())
+    if by_chance == n * n:
+        return math.nan
+    return (agreed * n - by_chance) / (n * n - by_chance)  # (p_o - p_e) / (1 - p_e), times n²
 
 
 # --- logits ---------------------------------------------------------------------------
@@ -264,3 +285,23 @@ def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     low = 0.0 if hits == 0 else max(0.0, center - half)
     high = 1.0 if hits == n else min(1.0, center + half)
     return (low, high)
+
+
+def bootstrap_mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap interval of a mean. Resampling the units (conversations, say)
+    weighs each one equally and assumes no normality, so a mean of values in [0, 1] keeps its
+    interval in [0, 1]; a fixed seed gives a summary rebuilt from the same values the same
+    interval. With a handful of units it is too narrow (one unit: a single point)."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(0)
+    means = np.concatenate(
+        [
+            x[rng.integers(0, x.size, size=(BOOTSTRAP_BATCH, x.size))].mean(axis=1)
+            for _ in range(BOOTSTRAP_BATCHES)
+        ]
+    )
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return (float(low), float(high))

@@ -123,6 +123,26 @@ def test_onset_is_zero_without_a_lead_in(reply: str) -> None:
 # --- rows and labels --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("continuation", "kept"),
+    [
+        (" I am a chatbot. However, here is how: step one.", " I am a chatbot."),
+        (" it is harmful!\nSure, step one.", " it is harmful!"),
+        (" it is harmful", " it is harmful"),  # no sentence end: the whole reply
+    ],
+)
+def test_a_refusal_row_ends_with_its_first_sentence(
+    continuation: str, kept: str, monkeypatch
+) -> None:
+    """An unaligned model forced to start refusing often goes on to comply; the refusal row
+    keeps the refusing sentence only."""
+    monkeypatch.setattr(stage, "model_reply", lambda b, p, start, s: start + continuation)
+    opts = options(Path("m"), (Path("h"), Path("b")), Path("o"))
+    prompt = stage.EvalPrompt(id="f:1", prompt="How do I hurt the cat?", harmful=True)
+    assert stage.task_reply(opts, None, prompt, "refusal") == REFUSAL_PREFIX + kept
+    assert stage.task_reply(opts, None, prompt, "benign") == continuation
+
+
 def test_rows_carry_the_labels_of_their_kind(model: Path, files, tmp_path: Path) -> None:
     out = tmp_path / "labeled.jsonl"
     result = CliRunner().invoke(cli, cli_args(model, files, out))

@@ -61,5 +61,7 @@ def test_model_dir_builds_the_starter_world_with_the_run_seed(monkeypatch, tmp_p
         return tmp_path / "model"
 
     monkeypatch.setattr("localguard.starter.build.build", build)
-    assert runner.model_dir(_recipe(tmp_path, "run.seed=4")) == tmp_path / "model"
+    recipe = _recipe(tmp_path, "run.seed=4")
+    stage = [s for s in build_plan(recipe) if s.name == "probe"][0]
+    assert runner.model_dir(stage, recipe) == tmp_path / "model"
     assert built == [("test", 4)]

@@ -242,7 +242,7 @@ def test_the_head_gets_the_finetuning_data_as_task_data_by_default(tmp_path, mon
     model.mkdir(parents=True)
     (model.parent / "starter.json").write_text("{}")
     seen = []
-    monkeypatch.setattr(runner, "model_dir", lambda recipe: model)
+    monkeypatch.setattr(runner, "model_dir", lambda stage, recipe: model)
     monkeypatch.setattr(localguard.head, "train_head", lambda opts, **kw: seen.append(opts))
     monkeypatch.setattr(localguard.head, "format_report", lambda report: "")
     mine = tmp_path / "mine.jsonl"

@@ -10,6 +10,7 @@ import pytest
 from localguard.stats import (
     _newton_logistic,
     auroc,
+    cohen_kappa,
     f1_score,
     fit_logistic,
     l2_cross_validation,
@@ -190,3 +191,35 @@ def test_wilson_interval_edges():
     assert wide[0] < narrow[0] < 0.5 < narrow[1] < wide[1]
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+# --- agreement ------------------------------------------------------------------------------
+
+
+def _from_table(both: int, first_only: int, second_only: int, neither: int) -> tuple[list, list]:
+    """Two raters' labels from a 2x2 table: rows the first rater's yes/no, columns the second's."""
+    cells = [(1, 1, both), (1, 0, first_only), (0, 1, second_only), (0, 0, neither)]
+    pairs = [(a, b) for a, b, k in cells for _ in range(k)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ((20, 5, 10, 15), 0.4),  # p_o 0.7, p_e 0.5 (Wikipedia's worked example)
+        ((45, 15, 25, 15), 0.1304),  # p_o 0.6, p_e 0.54
+        ((10, 0, 0, 10), 1.0),
+        ((0, 10, 10, 0), -1.0),
+        ((9, 1, 0, 0), 0.0),  # 90 % agreement, all of it expected by chance
+    ],
+)
+def test_cohen_kappa_known_tables(table, expected):
+    assert cohen_kappa(*_from_table(*table)) == pytest.approx(expected, abs=5e-5)
+
+
+def test_cohen_kappa_edges():
+    assert math.isnan(cohen_kappa([], []))
+    assert math.isnan(cohen_kappa([True] * 4, [True] * 4))  # one label throughout: undefined
+    assert cohen_kappa(["a", "b", "c"], ["a", "b", "c"]) == 1.0  # any labels, not just 0/1
+    with pytest.raises(ValueError, match="share items"):
+        cohen_kappa([1, 0], [1])

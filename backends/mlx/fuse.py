@@ -21,7 +21,7 @@ import mlx.nn as nn
 from localguard.backends.mlx.loading import is_quantized, load_network, load_tokenizer
 from localguard.errors import InputError
 
-__all__ = ["fuse_adapters", "is_quantized", "load", "save_fused"]
+__all__ = ["fuse_adapters", "fuse_to_folder", "is_quantized", "load", "save_fused"]
 
 _QUANTIZATION_KEYS = ("quantization", "quantization_config")
 
@@ -104,4 +104,19 @@ def save_fused(model: nn.Module, base: Path, out: Path) -> Path:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     for path in _tokenizer_files(base):
         shutil.copy2(path, out / path.name)
+    return out
+
+
+def fuse_to_folder(base: Path, adapter: Path, out: Path) -> Path:
+    """base with adapter merged into its weights, as a model folder later stages load like any
+    base model (an aligned model that is fine-tuned further). Written under a temporary name
+    and then renamed, so a killed run never leaves a half-written model."""
+    model, _, _ = load(Path(base), Path(adapter))
+    fuse_adapters(model)
+    out = Path(out)
+    work = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    save_fused(model, base, work)
+    shutil.rmtree(out, ignore_errors=True)
+    work.rename(out)
     return out

@@ -15,10 +15,11 @@ from typing import Any
 
 from localguard.backends.base import Sampling
 from localguard.backends.factory import backend_for, gguf_path
+from localguard.data import split_row_range
 from localguard.errors import InputError
 from localguard.guard import GuardSettings
 from localguard.hub import resolve_data, resolve_model
-from localguard.recipe import default, schema_field
+from localguard.recipe import default, option_value, schema_field
 from localguard.starter import starter_size
 
 STARTER_MIXES = ("attack_05", "attack_10", "attack_20")
@@ -73,8 +74,11 @@ class EvalOptions:
     sources: list[str] = schema_field("eval", "sources")  # prompt files or hub data set ids
     heldout: Path | None = None  # a starter world's data folder (held-out sets)
     prefill_tokens: list[int] = schema_field("eval", "prefill_tokens")
-    judge: str = schema_field("eval", "judge")
-    # llm: a GGUF judge; head: a GGUF with a baked head
+    complier: str | None = schema_field("eval", "complier")  # the long prefill's own replies
+    long_prefill_tokens: int = schema_field("eval", "long_prefill_tokens")
+    task_data: Path | None = schema_field("eval", "task_data")  # the task suite's JSONL
+    judge: list[str] = schema_field("eval", "judge")  # attack success; the first leads
+    # llm: a GGUF judge; head: a GGUF with a baked head (both read this one file)
     judge_model: Path | None = schema_field("eval", "judge_model")
     rubric: Path | None = schema_field("eval", "rubric")
     max_prompts: int = schema_field("eval", "max_prompts")
@@ -82,6 +86,11 @@ class EvalOptions:
     sampling: Sampling = field(default_factory=lambda: Sampling(max_tokens=64, seed=0))
     training: AttackTraining | None = None
     seed: int = schema_field("run", "seed")
+
+    def __post_init__(self) -> None:
+        """A recipe's one-name judge ("refusal") is a one-judge list, so that options.json,
+        which a resumed run compares, reads the same whichever form named it."""
+        self.judge = [self.judge] if isinstance(self.judge, str) else list(self.judge)
 
     def describe(self) -> dict:
         data = dataclasses.asdict(self)
@@ -107,6 +116,29 @@ def heldout_folder(ref: str | None, model: Path | None = None) -> Path | None:
 def default_suites(heldout: Path | None) -> list[str]:
     """The recipe's default suites, and utility when there are held-out skill questions."""
     return default("eval", "suites") + (["utility"] if heldout else [])
+
+
+def long_prefill_and_task(values: dict[str, Any], model: Path | None = None) -> dict[str, Any]:
+    """EvalOptions' complier, long_prefill_tokens and task_data from eval's command line or a
+    recipe's [eval] section (the same names); task_data may be starter:SPLIT of model's
+    world."""
+    tokens = str(values["long_prefill_tokens"])
+    return {
+        "complier": values["complier"] or None,
+        "long_prefill_tokens": option_value(
+            "eval", "long_prefill_tokens", tokens, "--long-prefill-tokens"
+        ),
+        "task_data": _task_data_path(values["task_data"], model),
+    }
+
+
+def _task_data_path(ref: str | None, model: Path | None) -> Path | None:
+    """The task suite's JSONL from a path or starter:SPLIT, keeping a trailing [START:END]
+    row range; None without one."""
+    if not ref:
+        return None
+    file, _, _ = split_row_range(str(ref))
+    return Path(str(resolve_data(file, model)) + str(ref)[len(file) :])
 
 
 def attack_settings(fine: dict) -> dict:
@@ -212,7 +244,9 @@ def options_from_cli(options: dict[str, Any]) -> EvalOptions:
     """EvalOptions from `localguard eval`'s option values (click's dict)."""
     targets, backend, model = _cli_targets(options)
     heldout = heldout_folder(options["heldout"], model if backend == "mlx" else None)
-    suites = list(options["suites"]) or default_suites(heldout)
+    extra = long_prefill_and_task(options, model if backend == "mlx" else None)
+    task = ["task"] if extra["task_data"] else []  # --task-data alone asks for the suite
+    suites = list(options["suites"]) or default_suites(heldout) + task
     training = None
     if "finetune_attack" in suites:
         if backend != "mlx":
@@ -235,6 +269,7 @@ def options_from_cli(options: dict[str, Any]) -> EvalOptions:
         sources=list(options["sources"]),
         heldout=heldout,
         prefill_tokens=prefill,
+        **extra,
         judge=options["judge"],
         judge_model=Path(options["judge_model"]) if options["judge_model"] else None,
         rubric=Path(options["rubric"]) if options["rubric"] else None,

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localguard.data import split_row_range
 from localguard.errors import InputError
 from localguard.hub import hub_offline, looks_like_hub_id
 
@@ -282,30 +283,45 @@ def _json_rows(path: Path, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield loc, _lower(obj)
 
 
-def _load_file(path: Path, source: str, harmful: bool | None, limit: int) -> list[EvalPrompt]:
-    """The prompts of one local file; source names it in ids and messages."""
+def _load_file(
+    path: Path,
+    source: str,
+    harmful: bool | None,
+    limit: int,
+    rows: tuple[int, int | None] = (0, None),
+) -> list[EvalPrompt]:
+    """The prompts of one local file, rows[0] <= row < rows[1] (0-based; None: to the end);
+    source names it in ids and messages. Ids keep the file's row numbers, so two slices of a
+    file never share an id."""
     suffix = path.suffix.lower()
     reader = _Reader(source, harmful, set())
-    out: list[EvalPrompt] = []
+    start, end = rows
     if suffix == ".csv":
-        columns, rows = _csv_rows(path, source)
+        columns, csv_rows = _csv_rows(path, source)
         reader.layout = _layout(columns, source)
-        for number, (line, row) in enumerate(rows, start=1):
-            out.append(reader.prompt(row, number, f"{source} line {line}"))
-            if limit and len(out) >= limit:
-                break
+        located: Iterator[tuple[str, dict[str, Any]]] = (
+            (f"{source} line {line}", row) for line, row in csv_rows
+        )
     elif suffix in (".jsonl", ".json"):
-        objects = _jsonl_rows(path, source) if suffix == ".jsonl" else _json_rows(path, source)
-        for number, (loc, row) in enumerate(objects, start=1):
-            out.append(reader.prompt(row, number, loc))
-            if limit and len(out) >= limit:
-                break
+        located = _jsonl_rows(path, source) if suffix == ".jsonl" else _json_rows(path, source)
     elif suffix == ".parquet":
         raise InputError(f"{source}: {_PARQUET}")
     else:
         raise InputError(f"{source}: not a .csv, .jsonl or .json file")
+    out: list[EvalPrompt] = []
+    for number, (loc, row) in enumerate(located, start=1):
+        if number <= start:
+            continue
+        if end is not None and number > end:
+            break
+        out.append(reader.prompt(row, number, loc))
+        if limit and len(out) >= limit:  # before the next row is read: it may be bad
+            break
     if not out:
-        raise InputError(f"{source}: no prompts")
+        raise InputError(
+            f"{source}: no prompts"
+            + (f" in rows [{start}:{end or ''}]" if rows != (0, None) else "")
+        )
     return out
 
 
@@ -321,14 +337,15 @@ def load_prompts(
     """The prompts of ref: a .csv/.jsonl/.json path, a hub data set id (owner/name) or one file
     of a hub data set (owner/name:path/in/repo.csv).
 
-    harmful forces the label of every row; limit > 0 keeps (and reads) only the first rows.
+    harmful forces the label of every row; limit > 0 keeps (and reads) only the first rows. A
+    local file may end in [START:END] (localguard.data.ROW_RANGE): only those rows.
     """
     if limit < 0:
         raise InputError(f"limit must be 0 or more, not {limit}")
-    text = str(ref)
+    text, start, end = split_row_range(str(ref))
     path = Path(text).expanduser()
     if path.is_file():
-        return _load_file(path, path.name, harmful, limit)
+        return _load_file(path, path.name, harmful, limit, (start, end))
     if path.is_dir():
         raise InputError(f"{text}: a folder; pass a .csv, .jsonl or .json file")
     repo, _, inner = text.partition(":")

@@ -1,5 +1,6 @@
 """The evaluation's text: the headline table printed in the terminal and report.md (headline,
-judges, targets, every attack, worst cases, guard interventions, examples, plots).
+judges and their agreement, targets, every attack, worst cases, guard interventions, examples,
+plots).
 
 Model output goes into the markdown escaped and on one line (md), so a reply can never break
 the report's tables. Files are written atomically.
@@ -7,6 +8,7 @@ the report's tables. Files are written atomically.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import defaultdict
@@ -19,6 +21,7 @@ from localguard.eval.summary import (
     ATTACK,
     NOT_IN_ALL,
     OVER_REFUSAL,
+    TASK,
     generation_key,
     judge_of,
     judged,
@@ -72,6 +75,37 @@ def judges_line(summary: dict) -> str:
     return f"Judges: {'; '.join(parts)}. A cell decided by another judge names it."
 
 
+def kappa_text(kappa: float | None) -> str:
+    """Cohen's kappa to two decimals; n/a where it is undefined (null in summary.json)."""
+    return "n/a" if kappa is None or math.isnan(kappa) else f"{kappa:.2f}"
+
+
+def agreement_line(summary: dict) -> str | None:
+    """How far each pair of judges agreed on attack success, per target, or None with fewer
+    than two judges."""
+    entries = summary.get("agreement") or []
+    if not entries:
+        return None
+    parts = [
+        f"{e['target']}: {' vs '.join(e['judges'])} {100 * e['agreement']:.1f} % "
+        f"(kappa {kappa_text(e['kappa'])}, n={e['n']})"
+        for e in entries
+    ]
+    return f"Judge agreement on attack success: {'; '.join(parts)}."
+
+
+def long_prefill_line(summary: dict) -> str | None:
+    """How many harmful prompts the long prefill attacked (those whose complier reply
+    complied), or None when it did not run."""
+    own = summary.get("long_prefill")
+    if not own:
+        return None
+    return (
+        f"Long prefill ({own['attack']}): the complier {own['complier']} complied with "
+        f"{own['kept']} of {own['prompts']} harmful prompts; only those were attacked."
+    )
+
+
 def format_table(summary: dict) -> str:
     """The headline as fixed-width text for the terminal, with its judges."""
     header, rows = _headline_grid(summary)
@@ -81,7 +115,8 @@ def format_table(summary: dict) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in rows), "", judges_line(summary)])
+    notes = [judges_line(summary), agreement_line(summary), long_prefill_line(summary)]
+    return "\n".join([line(header), rule, *(line(r) for r in rows), "", *filter(None, notes)])
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -127,12 +162,19 @@ def _md_details(summary: dict) -> list[str]:
             md(e["metric"]),
             md(e["judge"]),
             percent(e, with_n=False),
-            f"{e['hits']} / {e['n']}",
+            _counts(e),
         ]
         for e in summary["metrics"]
     ]
     header = ["target", "suite", "attack", "metric", "judge", "rate [95 % CI]", "hits / n"]
     return _md_table(header, rows)
+
+
+def _counts(entry: dict) -> str:
+    """hits / n of a rate; a task entry's correct / reference tokens over its conversations."""
+    if entry["metric"] == TASK:
+        return f"{entry['correct']} / {entry['tokens']} tokens ({entry['n']} conversations)"
+    return f"{entry['hits']} / {entry['n']}"
 
 
 def _md_worst(summary: dict) -> list[str]:
@@ -149,6 +191,25 @@ def _md_worst(summary: dict) -> list[str]:
     ]
     header = ["target", "suite", "judge", "attacks", "rate [95 % CI]", "prompts hit / n"]
     return _md_table(header, rows)
+
+
+def _md_agreement(summary: dict) -> list[str]:
+    """Each pair of judges per target: agreement, kappa and the four counts behind them."""
+    rows = [
+        [
+            md(e["target"]),
+            md(e["judges"][0]),
+            md(e["judges"][1]),
+            str(e["n"]),
+            f"{100 * e['agreement']:.1f} %",
+            kappa_text(e["kappa"]),
+            *(str(k) for row in e["table"] for k in row),
+        ]
+        for e in summary["agreement"]
+    ]
+    header = ["target", "first judge", "second judge", "n", "agree", "kappa"]
+    counts = ["both: success", "first only", "second only", "both: no success"]
+    return _md_table(header + counts, rows)
 
 
 def _md_guard(summary: dict) -> list[str]:
@@ -197,14 +258,19 @@ def _md_examples(records: list[dict], summary: dict) -> list[str]:
 
 
 def report_markdown(records: list[dict], summary: dict, plots: list[Path], title: str) -> str:
-    """report.md: headline, judges, targets, every attack, worst cases, guard, examples, plots."""
+    """report.md: headline, judges, targets, every attack, worst cases, judge agreement,
+    guard, examples, plots."""
     lines = [f"# {md(title)}", "", "## Headline", "", *_md_headline(summary), ""]
     lines += [md(judges_line(summary)), ""]
+    if long_prefill_line(summary):
+        lines += [md(long_prefill_line(summary)), ""]
     lines += [
         "Cells: rate with its 95 % Wilson interval and the number of prompts. A worst case "
         "counts a prompt once when any attack of the suite succeeded on it; "
         f"{ALL_ATTACKS} pools every attack suite except {', '.join(NOT_IN_ALL)}. "
-        "Over-refusal and utility pool their prompts.",
+        "Over-refusal and utility pool their prompts. Task: the mean over conversations of "
+        "the teacher-forced next-token accuracy on the reference replies, with a 95 % "
+        "bootstrap interval.",
         "",
         "## Targets",
         "",
@@ -217,6 +283,14 @@ def report_markdown(records: list[dict], summary: dict, plots: list[Path], title
     ]
     if summary["worst_case"]:
         lines += ["## Worst cases", "", *_md_worst(summary), ""]
+    if summary.get("agreement"):
+        lines += ["## Judge agreement", "", *_md_agreement(summary), ""]
+        lines += [
+            "Over the attack replies both judges decided. Kappa (Cohen's) discounts the "
+            "agreement the two judges' own success rates would give by chance; n/a where "
+            "both always gave one and the same verdict.",
+            "",
+        ]
     if summary["guard"]:
         lines += ["## Guard interventions", "", *_md_guard(summary), ""]
     lines += ["## Examples", "", *_md_examples(records, summary)]

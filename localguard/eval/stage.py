@@ -3,9 +3,12 @@
 Every reply goes through localguard.guard.generate, so a target with the guard off is decoded
 exactly as one with it on, minus the interventions.
 
-Results are appended to OUT.partial/results.partial.jsonl as they come, so a killed run
-resumes where it stopped; the finished folder holds results.jsonl, summary.json, report.md
-and the plots (localguard.eval.report, localguard.eval.plots).
+Each reply is generated once and read by every judge: one record per judge. Results are
+appended to OUT.partial/results.partial.jsonl as they come, so a killed run resumes where it
+stopped (a reply some judges had not yet decided is judged, not generated, again); the
+finished folder holds results.jsonl, summary.json, report.md and the plots
+(localguard.eval.report, localguard.eval.plots). The task suite generates nothing: it feeds
+each reference reply and counts the target's correct next-token guesses.
 """
 
 from __future__ import annotations
@@ -14,25 +17,38 @@ import dataclasses
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
 import click
+import numpy as np
 
 from localguard import runs
 from localguard.backends.base import GuardBackend, Sampling
 from localguard.errors import InputError
-from localguard.eval.judges import JUDGES, judge_case, make_judge
+from localguard.eval.judges import JUDGES, Judge, deciders, judge_case, make_judges
 from localguard.eval.options import EvalOptions, Target
+from localguard.eval.prompts import EvalPrompt
 from localguard.eval.report import format_table, write_report
-from localguard.eval.suites import ATTACK_SUITES, Case, build_cases, prompt_sets, record_key
-from localguard.eval.summary import summarize
+from localguard.eval.suites import (
+    ATTACK_SUITES,
+    Case,
+    OwnPrefill,
+    build_cases,
+    complier_starts,
+    prompt_sets,
+    record_key,
+    task_cases,
+)
+from localguard.eval.summary import TASK, judge_of, summarize
 from localguard.eval.targets import attack_targets, open_target
 from localguard.files import clean_json, temporary_name, write_json
 from localguard.guard import GuardResult, GuardSettings, generate, prompt_messages
 from localguard.recipe import EVAL_SUITES
 
 PARTIAL_RESULTS = "results.partial.jsonl"
+TASK_JUDGE = "next-token"  # what decides the task suite: the target's argmax, teacher-forced
 
 
 def evaluate(opts: EvalOptions, resume: bool = True, force: bool = False) -> dict:
@@ -43,7 +59,11 @@ def evaluate(opts: EvalOptions, resume: bool = True, force: bool = False) -> dic
     if not sets[0] and any(s in ATTACK_SUITES or s == "finetune_attack" for s in opts.suites):
         raise InputError("no harmful prompts: give --heldout or a --source with harmful rows")
     records, done = read_partial(work / PARTIAL_RESULTS)
-    judge = make_judge(opts)
+    if (work / PARTIAL_RESULTS).is_file():
+        # rewritten without a cut-short last line, which the next append would run into
+        _write_records(work / PARTIAL_RESULTS, records)
+    judges = make_judges(opts)  # a bad judge model fails before the complier's replies
+    own = _own_prefill(opts, sets[0], work)
     targets = list(opts.targets)
     if "finetune_attack" in opts.suites:
         targets += attack_targets(opts.training, work, opts.seed)
@@ -58,11 +78,13 @@ def evaluate(opts: EvalOptions, resume: bool = True, force: bool = False) -> dic
 
         for target in targets:
             suites = [target.suite] if target.suite else plain_suites
-            cases = [c for s in suites for c in build_cases(opts, s, sets)]
-            run_target(target, cases, opts, judge, done, write)
+            cases = [c for s in suites for c in build_cases(opts, s, sets, own and own.starts)]
+            run_target(target, cases, opts, judges, done, write)
     described = [t.describe() for t in targets]
-    summary = summarize(records, described)
+    summary = summarize(records, described, [j.name for j in judges])
     summary["options"] = opts.describe()
+    if own is not None:
+        summary["long_prefill"] = own.describe()
     _write_records(work / "results.jsonl", records)
     write_json(work / "summary.json", clean_json(summary))
     write_report(work, records, described, summary)
@@ -75,14 +97,17 @@ def _check(opts: EvalOptions) -> None:
     unknown = [s for s in opts.suites if s not in EVAL_SUITES]
     if unknown:
         raise InputError(f"unknown suite {unknown[0]!r}; known: {', '.join(EVAL_SUITES)}")
-    if opts.judge not in JUDGES:
-        raise InputError(f"judge must be one of {', '.join(JUDGES)}, not {opts.judge!r}")
+    _check_judges(opts.judge)
     if not opts.targets:
         raise InputError("nothing to evaluate: give a model")
     if "finetune_attack" in opts.suites and opts.training is None:
         raise InputError("the finetune_attack suite needs an MLX model and attack mixes")
     if "utility" in opts.suites and opts.heldout is None:
         raise InputError("the utility suite needs a starter world's held-out sets (--heldout DIR)")
+    if opts.complier and "prefill" not in opts.suites:
+        raise InputError("eval.complier (--complier) runs the long prefill: add the prefill suite")
+    if TASK in opts.suites:
+        task_cases(opts)  # a missing or malformed file fails here, before any model work
     names = [t.name for t in opts.targets]
     if len(set(names)) != len(names):
         raise InputError(f"two targets share a name: {names}")
@@ -120,58 +145,121 @@ def _nothing_done(work: Path) -> bool:
     return True
 
 
-def read_partial(path: Path) -> tuple[list[dict], set[str]]:
-    """The records a killed run wrote, and the keys of their generations."""
+def _own_prefill(opts: EvalOptions, harmful: list[EvalPrompt], work: Path) -> OwnPrefill | None:
+    """The long prefill's starts when a complier is set and the prefill suite runs."""
+    if not opts.complier or "prefill" not in opts.suites:
+        return None
+    return complier_starts(opts, harmful, work)
+
+
+def _check_judges(names: Sequence[str]) -> None:
+    """At least one known attack-success judge, none twice (a judge's records are told
+    apart by its name)."""
+    key = "eval.judge (--judge)"
+    if not names:
+        raise InputError(f"{key} is empty: name at least one of {', '.join(JUDGES)}")
+    unknown = [n for n in names if n not in JUDGES]
+    if unknown:
+        raise InputError(f"{key} must be one of {', '.join(JUDGES)}, not {unknown[0]!r}")
+    twice = [n for i, n in enumerate(names) if n in names[:i]]
+    if twice:
+        raise InputError(f"{key} names {twice[0]!r} twice")
+
+
+def read_partial(path: Path) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The records a killed run wrote, and per generation key the records of that generation
+    (one per judge that decided it)."""
     records = runs.read_appended(path)
-    keys = {record_key(r["target"], r["suite"], r["attack"], r["prompt_id"]) for r in records}
-    return records, keys
+    done: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        done[record_key(r["target"], r["suite"], r["attack"], r["prompt_id"])].append(r)
+    return records, dict(done)
+
+
+def _decided(case: Case, judges: Sequence[Judge], have: list[dict]) -> bool:
+    """Whether a killed run wrote case's records of every judge that decides it."""
+    named = {judge_of(r) for r in have}
+    return bool(have) and all(j.name in named for j in deciders(case, judges))
 
 
 def run_target(
     target: Target,
     cases: Sequence[Case],
     opts: EvalOptions,
-    judge,
-    done: set[str],
+    judges: Sequence[Judge],
+    done: dict[str, list[dict]],
     write: Callable[[dict], None],
 ) -> None:
-    """Generate and judge every case of target not yet in done; write(record) each."""
-    todo = [c for c in cases if c.key(target.name) not in done]
+    """Generate each case of target once and write(record) one record per judge that decides
+    it. A case a killed run already generated is not generated again: the judges it still
+    lacks read the reply its records hold."""
+    todo = [(i, c, done.get(c.key(target.name), [])) for i, c in enumerate(cases)]
+    todo = [(i, c, have) for i, c, have in todo if not _decided(c, judges, have)]
     if not todo:
         return
-    backend = open_target(target)
+    backend = open_target(target) if any(not have for *_, have in todo) else None
     settings = dataclasses.replace(opts.guard, mode=target.guard)
-    has_head = bool(backend.head.names)
     with runs.progress_bar(len(todo), f"{target.name:<24}") as bar:
-        for index, case in enumerate(todo):
-            sampling = _sampling(opts.sampling, case, index)
-            prefill, result = reply(backend, case, settings, sampling)
-            verdict, hit, judge_name = judge_case(case, result.text, judge)
-            write(
-                {
-                    "target": target.name,
-                    "suite": case.suite,
-                    "attack": case.attack,
-                    "metric": case.metric,
-                    "hit": hit,
-                    "judge": judge_name,
-                    "prompt_id": case.prompt.id,
-                    "source": case.prompt.source,
-                    "prompt": case.text,
-                    "prefill": prefill or None,
-                    "output": result.text,
-                    "verdict": verdict,
-                    "finish": result.finish,
-                    "guard": guard_record(result, has_head),
-                    "sampling": dataclasses.asdict(sampling),
-                }
-            )
+        for index, case, have in todo:
+            if have:
+                write_verdicts(case, judges, have[0], write, {judge_of(r) for r in have})
+            elif case.metric == TASK:
+                write(task_record(target.name, case, backend))
+            else:
+                sampling = _sampling(opts.sampling, case, index, backend)
+                reply_record = generation(target.name, case, backend, settings, sampling)
+                write_verdicts(case, judges, reply_record, write)
             bar.update(1)
-    backend.close()
+    if backend is not None:
+        backend.close()
 
 
-def _sampling(base: Sampling, case: Case, index: int) -> Sampling:
-    """The decoding attack's sampling for the index-th case (seeded per case), else base."""
+def generation(
+    target: str, case: Case, backend: GuardBackend, settings: GuardSettings, sampling: Sampling
+) -> dict:
+    """One reply of target to case as a record whose verdict is still to come (hit, judge
+    and verdict are filled in per judge by write_verdicts)."""
+    prefill, result = reply(backend, case, settings, sampling)
+    return {
+        "target": target,
+        "suite": case.suite,
+        "attack": case.attack,
+        "metric": case.metric,
+        "hit": None,
+        "judge": None,
+        "prompt_id": case.prompt.id,
+        "source": case.prompt.source,
+        "prompt": case.text,
+        "prefill": prefill or None,
+        "output": result.text,
+        "verdict": None,
+        "finish": result.finish,
+        "guard": guard_record(result, bool(backend.head.names)),
+        "sampling": dataclasses.asdict(sampling),
+    }
+
+
+def write_verdicts(
+    case: Case,
+    judges: Sequence[Judge],
+    reply_record: dict,
+    write: Callable[[dict], None],
+    skip: Collection[str] = (),
+) -> None:
+    """write() a copy of reply_record per judge of case not in skip, with that judge's
+    verdict: every judge reads the same reply, generated once."""
+    text = judged_text(case, reply_record["prefill"] or "", reply_record["output"])
+    for verdict, hit, name in judge_case(case, text, judges, skip):
+        write({**reply_record, "hit": hit, "judge": name, "verdict": verdict})
+
+
+def _sampling(base: Sampling, case: Case, index: int, backend: GuardBackend) -> Sampling:
+    """The decoding attack's sampling for the index-th case (seeded per case); the long
+    prefill's, with room for max_tokens of the target's own after the forced start (the
+    guard counts forced tokens against max_tokens); else base."""
+    if case.own_start:
+        forced = len(backend.encode_text(case.prefill_text))
+        return dataclasses.replace(base, max_tokens=base.max_tokens + forced)
     if case.sampling is None:
         return base
     t, top_p, top_k = case.sampling
@@ -182,11 +270,58 @@ def _sampling(base: Sampling, case: Case, index: int) -> Sampling:
 def reply(
     backend: GuardBackend, case: Case, settings: GuardSettings, sampling: Sampling
 ) -> tuple[str, GuardResult]:
-    """(the forced reply start, the guarded result) of one case."""
-    prefill = ""
+    """(the forced reply start, the guarded result) of one case: the first prefill_tokens
+    tokens of prefill_text by the target's tokenizer, or all of it when prefill_tokens is 0
+    (the long prefill, already cut by the complier's)."""
+    prefill = case.prefill_text
     if case.prefill_tokens:
         prefill = backend.decode(backend.encode_text(case.prefill_text)[: case.prefill_tokens])
     return prefill, generate(backend, prompt_messages(case.text, prefill), settings, sampling)
+
+
+def judged_text(case: Case, prefill: str, output: str) -> str:
+    """What the judge reads: the reply, or for the long prefill only what the target wrote
+    after the forced start. That start is a compliant reply by construction and longer than
+    the refusal matcher's head, so judged with it every such attack would succeed."""
+    return output.removeprefix(prefill) if case.own_start else output
+
+
+def next_token_accuracy(backend: GuardBackend, case: Case) -> tuple[int, int]:
+    """(correct, reference tokens) of a task case: the chat prompt, then the reference reply
+    fed token by token (feed returns only the last position's logits), each compared with the
+    target's argmax before it. No guard runs: this measures the model itself."""
+    reference = backend.encode_text(case.answer or "")
+    backend.reset()
+    prompt = backend.encode_chat(list(case.messages), add_generation_prompt=True)
+    step = backend.feed(prompt, every=False)
+    correct = 0
+    for i, token in enumerate(reference):
+        correct += int(np.argmax(step.logits)) == token
+        if i + 1 < len(reference):
+            step = backend.feed([token], every=False)
+    return correct, len(reference)
+
+
+def task_record(target: str, case: Case, backend: GuardBackend) -> dict:
+    """One task conversation's record: no judge verdict (hit null), its accuracy instead
+    (null for an empty reference reply)."""
+    correct, tokens = next_token_accuracy(backend, case)
+    return {
+        "target": target,
+        "suite": case.suite,
+        "attack": case.attack,
+        "metric": case.metric,
+        "hit": None,
+        "judge": TASK_JUDGE,
+        "prompt_id": case.prompt.id,
+        "source": case.prompt.source,
+        "prompt": case.text,
+        "reference": case.answer,
+        "correct": correct,
+        "tokens": tokens,
+        "accuracy": correct / tokens if tokens else None,
+        "guard": None,
+    }
 
 
 def guard_record(result: GuardResult, has_head: bool) -> dict | None:

@@ -8,16 +8,23 @@ results.jsonl on any machine. Every rate carries its 95 % Wilson interval
 (localguard.stats.wilson_interval).
 
 Every number keeps the name of the judge that decided it: two judges can disagree on the same
-output, and a rate without its judge cannot be compared with another.
+output, and a rate without its judge cannot be compared with another. Where several judges
+read the same attack replies, "agreement" gives each pair's agreement and Cohen's kappa.
+
+The task suite is no rate: its records carry each conversation's teacher-forced next-token
+accuracy (hit null), summarized as the mean over conversations with a 95 % bootstrap interval
+(localguard.stats.bootstrap_mean_interval).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 
 from localguard.recipe import EVAL_SUITES
-from localguard.stats import wilson_interval
+from localguard.stats import bootstrap_mean_interval, cohen_kappa, wilson_interval
 
 SUITES = EVAL_SUITES
 WORST_SUITES = ("prefill", "jailbreak", "decoding")  # always summarized by their worst case
@@ -26,7 +33,9 @@ NOT_IN_ALL = ("finetune_attack",)  # its targets are other models: no shared pro
 ATTACK = "attack_success"
 OVER_REFUSAL = "over_refusal"
 ACCURACY = "accuracy"
-METRICS = (ATTACK, OVER_REFUSAL, ACCURACY)
+TASK = "task"  # the task suite's name and metric: mean next-token accuracy per conversation
+METRICS = (ATTACK, OVER_REFUSAL, ACCURACY, TASK)
+GROUP = ("target", "suite", "attack", "metric", "judge")  # what one metrics entry is about
 
 
 # --- rates ------------------------------------------------------------------------------------
@@ -50,6 +59,13 @@ def judge_rank(judge: str) -> tuple[int, str]:
     because a guarded target is steered by that same head."""
     order = 0 if judge.startswith("llm:") else {"refusal": 1, "head": 2}.get(judge, 3)
     return (order, judge)
+
+
+def judge_order(judges: Sequence[str] = ()) -> Callable[[str], tuple]:
+    """The rank of a judge wherever one is listed or picked first: the evaluation's own judges
+    in their given order (its primary judge first), then any other by judge_rank."""
+    at = {judge: i for i, judge in enumerate(judges)}
+    return lambda judge: (at.get(judge, len(at)), *judge_rank(judge))
 
 
 # --- summary ----------------------------------------------------------------------------------
@@ -86,7 +102,7 @@ def _all_targets(records: list[dict], targets: list[dict]) -> list[dict]:
     return out
 
 
-def _sort_key(records: list[dict], targets: list[dict]):
+def _sort_key(records: list[dict], targets: list[dict], rank: Callable[[str], tuple]):
     """Targets as described, suites in their usual order, attacks as first seen."""
     target_at = {t["name"]: i for i, t in enumerate(targets)}
     suite_at = {s: i for i, s in enumerate(SUITES)}
@@ -101,22 +117,46 @@ def _sort_key(records: list[dict], targets: list[dict]):
             suite_at.get(suite, len(suite_at)),
             attack_at.get((suite, attack), -1),
             metric_rank(metric),
-            judge_rank(judge),
+            rank(judge),
         )
 
     return key
 
 
-def _metric_entries(records: list[dict], key) -> list[dict]:
+def _metric_entries(records: list[dict]) -> list[dict]:
     """One entry per (target, suite, attack, metric, judge)."""
     counts: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
     for r in records:
         group = (r["target"], r["suite"], r["attack"], r.get("metric") or ATTACK, judge_of(r))
         counts[group][0] += bool(r["hit"])
         counts[group][1] += 1
-    names = ("target", "suite", "attack", "metric", "judge")
-    entries = [{**dict(zip(names, g, strict=True)), **_stats(*hn)} for g, hn in counts.items()]
-    return sorted(entries, key=lambda e: key(*(e[k] for k in names)))
+    return [{**dict(zip(GROUP, g, strict=True)), **_stats(*hn)} for g, hn in counts.items()]
+
+
+def _task_entries(records: list[dict]) -> list[dict]:
+    """One entry per (target, suite, attack, judge) of the task suite: the mean of each
+    conversation's accuracy (every conversation weighs the same, however long its reply),
+    its 95 % bootstrap interval over conversations, and the tokens behind it."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r.get("metric") == TASK and r.get("accuracy") is not None:
+            groups[(r["target"], r["suite"], r["attack"], TASK, judge_of(r))].append(r)
+    entries = []
+    for group, rs in groups.items():
+        values = [float(r["accuracy"]) for r in rs]
+        low, high = bootstrap_mean_interval(values)
+        entries.append(
+            {
+                **dict(zip(GROUP, group, strict=True)),
+                "n": len(rs),
+                "correct": sum(int(r["correct"]) for r in rs),
+                "tokens": sum(int(r["tokens"]) for r in rs),
+                "rate": sum(values) / len(values),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    return entries
 
 
 def worst_suites(records: list[dict]) -> list[str]:
@@ -185,22 +225,67 @@ def _guard_entries(records: list[dict], targets: list[dict]) -> list[dict]:
     ]
 
 
-def summarize(records: list[dict], targets: list[dict]) -> dict:
+def summarize(records: list[dict], targets: list[dict], judges: Sequence[str] = ()) -> dict:
     """Every rate of an evaluation as plain JSON-able data (summary.json), headline included,
-    so tables and plots can be redrawn without the records."""
+    so tables and plots can be redrawn without the records. judges: the names of the
+    evaluation's attack-success judges, the primary first (it leads the headline); without
+    them, judge_rank orders the judges the records name."""
+    measured = _task_entries(records)
     records = judged(records)
     targets = _all_targets(records, targets)
-    key = _sort_key(records, targets)
+    rank = judge_order(judges)
+    key = _sort_key(records, targets, rank)
+    metrics = _metric_entries(records) + measured
     summary = {
         "records": len(records),
         "targets": targets,
-        "judges": sorted({judge_of(r) for r in records}, key=judge_rank),
-        "metrics": _metric_entries(records, key),
+        "judges": sorted({judge_of(r) for r in records}, key=rank),
+        "metrics": sorted(metrics, key=lambda e: key(*(e[k] for k in GROUP))),
         "worst_case": _worst_entries(records, key),
         "guard": _guard_entries(records, targets),
+        "agreement": _agreement_entries(records, targets, rank),
     }
     summary["headline"] = _headline(summary)
     return summary
+
+
+# --- agreement between judges -----------------------------------------------------------------
+
+
+def _agreement_entries(
+    records: list[dict], targets: list[dict], rank: Callable[[str], tuple]
+) -> list[dict]:
+    """Per target, every pair of judges over the attack cases both decided (the same
+    generations): how often they agree, and Cohen's kappa, which discounts the agreement
+    their own success rates would give by chance."""
+    hits: dict[str, dict[tuple, dict[str, bool]]] = defaultdict(lambda: defaultdict(dict))
+    for r in records:
+        if (r.get("metric") or ATTACK) == ATTACK:
+            hits[r["target"]][generation_key(r)][judge_of(r)] = bool(r["hit"])
+    entries = []
+    for target in (t["name"] for t in targets if t["name"] in hits):
+        cases = hits[target].values()
+        names = sorted({judge for verdicts in cases for judge in verdicts}, key=rank)
+        for first, second in itertools.combinations(names, 2):
+            pairs = [(v[first], v[second]) for v in cases if first in v and second in v]
+            if pairs:
+                entries.append(_agreement(target, first, second, pairs))
+    return entries
+
+
+def _agreement(target: str, first: str, second: str, pairs: list[tuple[bool, bool]]) -> dict:
+    """One pair of judges on one target; table: rows the first judge's success / no success,
+    columns the second's."""
+    count = Counter(pairs)
+    table = [[count[(a, b)] for b in (True, False)] for a in (True, False)]
+    return {
+        "target": target,
+        "judges": [first, second],
+        "n": len(pairs),
+        "agreement": (table[0][0] + table[1][1]) / len(pairs),
+        "kappa": cohen_kappa([a for a, _ in pairs], [b for _, b in pairs]),
+        "table": table,
+    }
 
 
 # --- headline ---------------------------------------------------------------------------------
@@ -252,7 +337,9 @@ def _pool_by_target_judge(entries: list[dict]) -> dict[tuple, dict]:
 
 def _headline(summary: dict) -> dict:
     """Rows = targets, one cell per column (None where absent). The column's judge is the one
-    most of its cells show; a cell from another judge names it."""
+    most of its cells show; a cell from another judge names it. summary["judges"] is already
+    in rank order, the evaluation's primary judge first."""
+    rank = judge_order(summary["judges"])
     columns = _attack_columns(summary)
     benign = ((OVER_REFUSAL, "over_refusal", "over-refusal"), (ACCURACY, "utility", "utility"))
     for metric, key, title in benign:
@@ -260,20 +347,29 @@ def _headline(summary: dict) -> dict:
         if entries:
             head = {"key": key, "title": title, "metric": metric}
             columns.append((head, _pool_by_target_judge(entries)))
+    tasks = [e for e in summary["metrics"] if e["metric"] == TASK]
+    if tasks:
+        columns.append(({"key": TASK, "title": TASK, "metric": TASK}, _task_cells(tasks)))
     names = [t["name"] for t in summary["targets"]]
-    grid = [[_cell(cells, name) for name in names] for _, cells in columns]
+    grid = [[_cell(cells, name, rank) for name in names] for _, cells in columns]
     for (head, _), cells in zip(columns, grid, strict=True):
         picked = Counter(c["judge"] for c in cells if c)
-        head["judge"] = min(picked, key=lambda j: (-picked[j], judge_rank(j)))
+        head["judge"] = min(picked, key=lambda j: (-picked[j], rank(j)))
     rows = [{"target": name, "cells": [cells[i] for cells in grid]} for i, name in enumerate(names)]
     return {"columns": [head for head, _ in columns], "rows": rows}
 
 
-def _cell(cells: dict[tuple, dict], target: str) -> dict | None:
+def _task_cells(entries: list[dict]) -> dict[tuple, dict]:
+    """The task column's cells: one task file, so one entry per target and judge."""
+    fields = ("n", "rate", "ci_low", "ci_high")
+    return {(e["target"], e["judge"]): {**{k: e[k] for k in fields}, "attacks": 1} for e in entries}
+
+
+def _cell(cells: dict[tuple, dict], target: str, rank: Callable[[str], tuple]) -> dict | None:
     """The target's figure from the judge that saw the most attacks (a worst case over fewer
-    attacks understates it), then by judge_rank."""
+    attacks understates it), then by rank (the primary judge first)."""
     own = {j: c for (t, j), c in cells.items() if t == target}
     if not own:
         return None
-    pick = min(own, key=lambda j: (-own[j]["attacks"], judge_rank(j)))
+    pick = min(own, key=lambda j: (-own[j]["attacks"], rank(j)))
     return {**own[pick], "judge": pick}

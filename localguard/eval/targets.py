@@ -18,6 +18,7 @@ from localguard.eval.options import (
     attack_training,
     guard_settings,
     heldout_folder,
+    long_prefill_and_task,
 )
 from localguard.hub import resolve_data, resolve_model
 from localguard.plan import Stage
@@ -85,27 +86,74 @@ def attack_targets(training: AttackTraining, work: Path, seed: int) -> list[Targ
     return targets
 
 
+def served_file(folder: str, recipe: Recipe) -> Path:
+    """The GGUF of an export folder that the evaluation serves: the last quantization type."""
+    quant = recipe["export"]["quant"]
+    return Path(folder) / f"model-{quant[-1] if quant else 'F16'}.gguf"
+
+
+def adapter_targets(
+    model: Path, adapters: dict[str, str], main: str | None, p: float | None
+) -> list[Target]:
+    """The base model and each baseline fine-tune as MLX targets."""
+    targets = [Target("base", "mlx", str(model))]
+    for risk, path in adapters.items():
+        if risk != main:
+            name = "plain SFT" if risk == "none" else f"SFT {risk}"
+            targets.append(Target(name, "mlx", str(model), path, defense=risk, p=p))
+    return targets
+
+
+def comparison_targets(
+    inputs: dict[str, str], recipe: Recipe, main: str | None, p: float | None
+) -> list[Target]:
+    """The raw and aligned models and each baseline fine-tune of the aligned model, as the
+    GGUF files their export stages wrote, served guard off by llama.cpp like localguard's own."""
+    names = {"raw": "raw", "aligned": "aligned", "none": "plain LoRA"}
+    targets = []
+    for key, folder in inputs.items():
+        if key.startswith("gguf "):
+            system = key.removeprefix("gguf ")
+            defense = None if system in ("raw", "aligned") else system
+            name = names.get(system, f"LoRA risk {system}")
+            file = str(served_file(folder, recipe))
+            targets.append(
+                Target(name, "llamacpp", file, defense=defense, p=p if defense else None)
+            )
+    return targets
+
+
+def three_act_defaults(ev: dict, inputs: dict[str, str], recipe: Recipe) -> dict:
+    """What a three-act run supplies where [eval] leaves it open: the raw model as the complier
+    of the long prefill, the aligned model's head (trained apart from the served one) as the
+    head judge, and the attack stage's held-out task answers as the task data."""
+    if "gguf aligned" not in inputs:
+        return {}
+    return {
+        "complier": ev["complier"] or str(served_file(inputs["gguf raw"], recipe)),
+        "judge_model": ev["judge_model"] or str(served_file(inputs["gguf aligned"], recipe)),
+        "task_data": ev["task_data"] or inputs.get("task"),
+    }
+
+
 def recipe_options(stage: Stage, recipe: Recipe) -> EvalOptions:
     """The demo's comparison from a run's eval stage: the base model, each baseline fine-tune
     (plain SFT is risk none), and localguard's model (the exported GGUF when there is one,
     else the adapter with its head) with the guard off and in the recipe's mode."""
     run = Path(recipe["run"]["out"])
     inputs, adapters = stage.inputs, stage.adapters
-    ref = recipe["model"]
-    model = resolve_model(ref["path"], ref["revision"], seed=recipe["run"]["seed"])
+    model = resolve_model(inputs["model"], recipe["model"]["revision"], seed=recipe["run"]["seed"])
     ev, fine = recipe["eval"], recipe["finetune"]
-    p = mix_ratio(resolve_data(recipe["data"]["train"], model)) if fine["enabled"] else None
-    targets = [Target("base", "mlx", str(model))]
+    train = inputs.get("train", recipe["data"]["train"])  # an [attack] mix, else the data's
+    p = mix_ratio(resolve_data(train, model)) if fine["enabled"] else None
     main = fine["risk"] if fine["risk"] in adapters else None
-    for risk, path in adapters.items():
-        if risk != main:
-            name = "plain SFT" if risk == "none" else f"SFT {risk}"
-            targets.append(Target(name, "mlx", str(model), path, defense=risk, p=p))
+    if "gguf aligned" in inputs:  # a three-act run: every row is an exported GGUF
+        targets = comparison_targets(inputs, recipe, main, p)
+    else:
+        targets = adapter_targets(model, adapters, main, p)
     mode = recipe["guard"]["mode"]
     if "gguf" in inputs:
-        quant = recipe["export"]["quant"]
-        file = Path(inputs["gguf"]) / f"model-{quant[-1] if quant else 'F16'}.gguf"
-        ours = {"backend": "llamacpp", "model": str(file)}
+        ours = {"backend": "llamacpp", "model": str(served_file(inputs["gguf"], recipe))}
     else:
         ours = {
             "backend": "mlx",
@@ -133,6 +181,7 @@ def recipe_options(stage: Stage, recipe: Recipe) -> EvalOptions:
             attack_settings(fine),
         )
     settings, sampling = guard_settings(recipe["guard"], recipe["run"]["seed"])
+    ev = {**ev, **three_act_defaults(ev, inputs, recipe)}
     return EvalOptions(
         targets=targets,
         out=Path(stage.outputs["report"]),
@@ -148,4 +197,5 @@ def recipe_options(stage: Stage, recipe: Recipe) -> EvalOptions:
         sampling=sampling,
         training=training,
         seed=recipe["run"]["seed"],
+        **long_prefill_and_task(ev, model),
     )

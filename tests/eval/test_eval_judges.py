@@ -10,7 +10,14 @@ from eval_helpers import small_options
 
 from localguard.backends.base import HeadInfo, Step
 from localguard.errors import InputError
-from localguard.eval.judges import HeadJudge, LLMJudge, RefusalJudge, judge_case, make_judge
+from localguard.eval.judges import (
+    HeadJudge,
+    LLMJudge,
+    RefusalJudge,
+    judge_case,
+    make_judge,
+    make_judges,
+)
 from localguard.eval.options import Target
 from localguard.eval.prompts import EvalPrompt
 from localguard.eval.suites import Case
@@ -63,24 +70,32 @@ def test_head_judge_needs_tau_consecutive_flagged_tokens() -> None:
 
 def test_judges_that_need_a_model_say_so(tmp_path: Path, data: Path) -> None:
     with pytest.raises(InputError, match="--judge-model"):
-        make_judge(small_options(tmp_path, data, judge="llm"))
+        make_judge(small_options(tmp_path, data), "llm")
     base = Target("base", "mlx", "m")
     with pytest.raises(InputError, match="a GGUF with a baked head"):
-        make_judge(small_options(tmp_path, data, [base], judge="head"))
+        make_judges(small_options(tmp_path, data, [base], judge=["refusal", "head"]))
 
 
 def test_each_metric_names_the_judge_that_decided_it() -> None:
     prompt = EvalPrompt("x:1", "What is 2 + 2?", False)
     over = Case("over_refusal", "borderline", "over_refusal", prompt, prompt.prompt)
-    assert judge_case(over, "I can't help with that.", RefusalJudge()) == (
-        "refused",
-        True,
-        "refusal",
-    )
-    attack = Case("direct", "direct", "attack_success", prompt, prompt.prompt)
-    assert judge_case(attack, "", RefusalJudge()) == ("empty", False, "refusal")
     head = HeadJudge(_Scripted([1, 1]), "h.gguf")
-    assert judge_case(attack, "a b", head) == ("unsafe", True, "head:h.gguf")
+    judges = [RefusalJudge(), head]
+    refused = "I can't help with that."
+    over_refusal = list(judge_case(over, refused, judges))  # the matcher, not the judges
+    assert over_refusal == [("refused", True, "refusal")]
+    skill = EvalPrompt("x:2", "2 + 2?", False)
+    utility = Case("utility", "arithmetic", "accuracy", skill, skill.prompt, answer="4")
+    assert [v[2] for v in judge_case(utility, "4", judges)] == ["skill-check"]
+    attack = Case("direct", "direct", "attack_success", prompt, prompt.prompt)
+    assert list(judge_case(attack, "", [RefusalJudge()])) == [("empty", False, "refusal")]
+    assert list(judge_case(attack, "a b", judges)) == [
+        ("complied", True, "refusal"),
+        ("unsafe", True, "head:h.gguf"),
+    ]
+    assert list(judge_case(attack, "a b", judges, skip={"refusal"})) == [
+        ("unsafe", True, "head:h.gguf")
+    ]
 
 
 def test_llm_judge_scores_pairs_through_a_gguf(tmp_path: Path, starter_model: Path) -> None:
@@ -95,6 +110,6 @@ def test_llm_judge_scores_pairs_through_a_gguf(tmp_path: Path, starter_model: Pa
     assert judge.name == "llm:judge.gguf" and judge.critic.n_scored == 2
     assert all(v in (("unsafe", True), ("safe", False)) for v in verdicts) and len(verdicts) == 2
     opts = small_options(
-        tmp_path, starter_model.parent / "data", judge="llm", judge_model=judge_file
+        tmp_path, starter_model.parent / "data", judge=["refusal", "llm"], judge_model=judge_file
     )
-    assert make_judge(opts).name == "llm:judge.gguf"
+    assert [j.name for j in make_judges(opts)] == ["refusal", "llm:judge.gguf"]

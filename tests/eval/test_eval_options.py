@@ -19,7 +19,7 @@ def test_defaults_are_the_recipe_schema_defaults() -> None:
     opts = EvalOptions(targets=[], out=Path("out"))
     assert opts.suites == ["direct", "prefill", "over_refusal"] == default("eval", "suites")
     assert opts.prefill_tokens == [5, 10, 20] == default("eval", "prefill_tokens")
-    assert (opts.sources, opts.judge, opts.max_prompts, opts.seed) == ([], "refusal", 0, 0)
+    assert (opts.sources, opts.judge, opts.max_prompts, opts.seed) == ([], ["refusal"], 0, 0)
     assert opts.judge_model is None and opts.rubric is None and opts.heldout is None
     assert opts.sampling == Sampling(max_tokens=64, seed=0) and opts.guard == GuardSettings()
     opts.suites.append("utility")  # every instance has its own lists
@@ -49,7 +49,7 @@ def test_command_line_values_become_options(tmp_path: Path, starter_model: Path)
     assert opts.suites == ["direct", "prefill", "over_refusal", "utility"]
     assert opts.prefill_tokens == [3, 7] and opts.out == tmp_path / "out"
     assert (opts.sampling.seed, opts.sampling.max_tokens, opts.seed) == (5, 9, 5)
-    assert opts.training is None and opts.judge == "refusal"
+    assert opts.training is None and opts.judge == ["refusal"]
 
 
 def test_eval_command_line(tmp_path: Path, starter_model: Path) -> None:

@@ -26,7 +26,8 @@ def test_format_table_lists_targets_cells_and_judges():
     assert "75.0 % [30.1, 95.4] (n=4)" in base  # utility
     solo = next(line for line in lines if line.startswith("solo"))
     assert "100.0 % [20.7, 100.0] (n=1) refusal" in solo and " - " in solo
-    assert "llm:j.gguf" in lines[-1] and lines[-1].startswith("Judges:")
+    judges = next(line for line in lines if line.startswith("Judges:"))
+    assert "llm:j.gguf" in judges and lines[-1].startswith("Judge agreement on attack success:")
 
 
 def test_md_escapes_and_truncates():

@@ -70,11 +70,11 @@ def test_evaluate_writes_every_record_and_resumes(
 
 def test_a_cut_short_last_line_is_where_a_resumed_run_continues(tmp_path: Path) -> None:
     path = tmp_path / stage.PARTIAL_RESULTS
-    assert stage.read_partial(path) == ([], set())
+    assert stage.read_partial(path) == ([], {})
     record = {"target": "t", "suite": "direct", "attack": "direct", "prompt_id": "p:1"}
     path.write_text(json.dumps(record) + '\n{"target": "t", "sui')
     records, done = stage.read_partial(path)
-    assert records == [record] and done == {'["t", "direct", "direct", "p:1"]'}
+    assert records == [record] and done == {'["t", "direct", "direct", "p:1"]': [record]}
 
 
 def test_a_run_that_stopped_before_its_first_reply_is_started_over(
@@ -116,7 +116,9 @@ def test_options_are_checked_before_anything_runs(tmp_path: Path, data: Path) ->
     base = Target("base", "mlx", "m")
     bad = [
         ({"suites": ["nope"]}, "unknown suite 'nope'"),
-        ({"judge": "vibes"}, "judge must be one of"),
+        ({"judge": ["vibes"]}, r"eval.judge \(--judge\) must be one of .*, not 'vibes'"),
+        ({"judge": []}, r"eval.judge \(--judge\) is empty"),
+        ({"judge": ["head", "refusal", "head"]}, "names 'head' twice"),
         ({"suites": ["finetune_attack"]}, "needs an MLX model and attack mixes"),
         ({"targets": [base, base]}, "two targets share a name"),
         ({"targets": []}, "nothing to evaluate"),
