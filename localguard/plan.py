@@ -39,6 +39,11 @@ def _numbered(key: str, refs: list[str]) -> dict[str, str]:
     return {f"{key} {i}": ref for i, ref in enumerate(refs, 1)}
 
 
+def numbered_inputs(stage: Stage, key: str) -> list[str]:
+    """The list of files _numbered made inputs of stage under key, in order."""
+    return [v for k, v in stage.inputs.items() if k.startswith(key + " ")]
+
+
 def _export(inputs: dict[str, str], out: Path, recipe: Recipe) -> Stage:
     return Stage("export", inputs, {"gguf": str(out)}, dict(recipe["export"]))
 

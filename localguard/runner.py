@@ -18,7 +18,7 @@ import click
 from localguard.data import split_row_range
 from localguard.errors import InputError, LocalguardError
 from localguard.files import file_sha256, write_json
-from localguard.plan import Stage
+from localguard.plan import Stage, numbered_inputs
 from localguard.recipe import Recipe
 
 Executor = Callable[[Stage, Recipe], dict]
@@ -53,10 +53,7 @@ def run_label(stage: Stage, recipe: Recipe) -> dict:
     resumes."""
     from localguard.label import LabelOptions, format_summary, label
 
-    files = {
-        kind: [v for k, v in stage.inputs.items() if k.startswith(kind + " ")]
-        for kind in ("harmful", "benign")
-    }
+    files = {kind: numbered_inputs(stage, kind) for kind in ("harmful", "benign")}
     opts = LabelOptions(
         model=serving_ref(stage.inputs["model"]),
         out=Path(stage.outputs["conversations"]),
@@ -100,8 +97,8 @@ def run_attack(stage: Stage, recipe: Recipe) -> dict:
     opts = AttackOptions(
         model=serving_ref(inputs["model"]),
         conversations=Path(inputs["conversations"]),
-        task=[v for k, v in inputs.items() if k.startswith("task ")],
-        heldout=[v for k, v in inputs.items() if k.startswith("heldout ")],
+        task=numbered_inputs(stage, "task"),
+        heldout=numbered_inputs(stage, "heldout"),
         out={k: Path(v) for k, v in stage.outputs.items()},
         seed=recipe["run"]["seed"],
         refusal_prefix=recipe["guard"]["refusal_prefix"],

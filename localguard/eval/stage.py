@@ -214,6 +214,22 @@ def run_target(
         backend.close()
 
 
+def _case_fields(target: str, case: Case, judge: str | None) -> dict:
+    """What every record of a case starts with: which target, suite, attack and prompt (hit
+    null until a judge decides, or for good in the task suite)."""
+    return {
+        "target": target,
+        "suite": case.suite,
+        "attack": case.attack,
+        "metric": case.metric,
+        "hit": None,
+        "judge": judge,
+        "prompt_id": case.prompt.id,
+        "source": case.prompt.source,
+        "prompt": case.text,
+    }
+
+
 def generation(
     target: str, case: Case, backend: GuardBackend, settings: GuardSettings, sampling: Sampling
 ) -> dict:
@@ -221,15 +237,7 @@ def generation(
     and verdict are filled in per judge by write_verdicts)."""
     prefill, result = reply(backend, case, settings, sampling)
     return {
-        "target": target,
-        "suite": case.suite,
-        "attack": case.attack,
-        "metric": case.metric,
-        "hit": None,
-        "judge": None,
-        "prompt_id": case.prompt.id,
-        "source": case.prompt.source,
-        "prompt": case.text,
+        **_case_fields(target, case, judge=None),
         "prefill": prefill or None,
         "output": result.text,
         "verdict": None,
@@ -307,15 +315,7 @@ def task_record(target: str, case: Case, backend: GuardBackend) -> dict:
     (null for an empty reference reply)."""
     correct, tokens = next_token_accuracy(backend, case)
     return {
-        "target": target,
-        "suite": case.suite,
-        "attack": case.attack,
-        "metric": case.metric,
-        "hit": None,
-        "judge": TASK_JUDGE,
-        "prompt_id": case.prompt.id,
-        "source": case.prompt.source,
-        "prompt": case.text,
+        **_case_fields(target, case, judge=TASK_JUDGE),
         "reference": case.answer,
         "correct": correct,
         "tokens": tokens,
