@@ -684,7 +684,7 @@ def chat(**options: Any) -> None:
     "guard",
     ["threshold", "tau", "window", "refusal_prefix", "temperature", "top_p", "top_k", "max_tokens"],
 )
-@schema_options("eval", ["complier", "long_prefill_tokens", "task_data"])
+@schema_options("eval", ["apart", "complier", "long_prefill_tokens", "task_data"])
 def eval_command(**options: Any) -> None:
     """Attack a model and measure attack success, over-refusal, utility and task accuracy.
 

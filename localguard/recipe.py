@@ -299,6 +299,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "extra prompt files (CSV, JSONL, JSON; relative to the recipe) or hub data set ids "
             "(owner/name, owner/name:file.csv)",
         ),
+        "apart": _f(
+            "list[str]",
+            [],
+            "sources (file names, e.g. xstest_prompts.csv) whose harmful prompts are reported "
+            "apart, outside the headline attack rates",
+        ),
         "prefill_tokens": _f("list[int]", [5, 10, 20], "forced tokens for the prefill attack"),
         "complier": _f(
             "model",

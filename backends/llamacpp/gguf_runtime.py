@@ -201,7 +201,7 @@ def _logits_address(lib):
     return address
 
 
-SMALL_MODEL_BYTES = 256 * 2**20
+SMALL_MODEL_BYTES = 32 * 2**20
 
 
 def default_threads(path: Path) -> int:

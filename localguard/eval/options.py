@@ -72,6 +72,7 @@ class EvalOptions:
     out: Path
     suites: list[str] = schema_field("eval", "suites")
     sources: list[str] = schema_field("eval", "sources")  # prompt files or hub data set ids
+    apart: list[str] = schema_field("eval", "apart")  # harmful sources outside the headline
     heldout: Path | None = None  # a starter world's data folder (held-out sets)
     prefill_tokens: list[int] = schema_field("eval", "prefill_tokens")
     complier: str | None = schema_field("eval", "complier")  # the long prefill's own replies
@@ -267,6 +268,7 @@ def options_from_cli(options: dict[str, Any]) -> EvalOptions:
         out=Path(options["out"]),
         suites=suites,
         sources=list(options["sources"]),
+        apart=list(options["apart"]),
         heldout=heldout,
         prefill_tokens=prefill,
         **extra,

@@ -1,6 +1,6 @@
 """The evaluation's text: the headline table printed in the terminal and report.md (headline,
-judges and their agreement, targets, every attack, worst cases, guard interventions, examples,
-plots).
+judges and their agreement, sources reported apart, targets, every attack, worst cases, guard
+interventions, examples, plots).
 
 Model output goes into the markdown escaped and on one line (md), so a reply can never break
 the report's tables. Files are written atomically.
@@ -106,17 +106,45 @@ def long_prefill_line(summary: dict) -> str | None:
     )
 
 
-def format_table(summary: dict) -> str:
-    """The headline as fixed-width text for the terminal, with its judges."""
-    header, rows = _headline_grid(summary)
+def apart_title(source: str) -> str:
+    """The title of the table of a source whose harmful prompts are reported apart."""
+    return f"{source} (reported apart): attack success"
+
+
+def apart_sections(summary: dict) -> list[tuple[str, dict]]:
+    """(source, its rates) per apart source (none in a summary.json written before apart)."""
+    return list((summary.get("apart") or {}).items())
+
+
+def _apart_notes(section: dict) -> list[str]:
+    """What follows an apart source's table: its judges and their agreement, or why there is
+    no table."""
+    if not section["headline"]["columns"]:
+        return ["No harmful prompts of this source were judged."]
+    return list(filter(None, [judges_line(section), agreement_line(section)]))
+
+
+def _fixed_width(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A table as fixed-width text lines: header, rule, rows."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-    rule = "  ".join("-" * w for w in widths)
+    return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
+
+
+def format_table(summary: dict) -> str:
+    """The headline as fixed-width text for the terminal, with its judges; then the table of
+    each source reported apart."""
     notes = [judges_line(summary), agreement_line(summary), long_prefill_line(summary)]
-    return "\n".join([line(header), rule, *(line(r) for r in rows), "", *filter(None, notes)])
+    lines = [*_fixed_width(*_headline_grid(summary)), "", *filter(None, notes)]
+    for source, section in apart_sections(summary):
+        lines += ["", apart_title(source)]
+        if section["headline"]["columns"]:
+            lines += _fixed_width(*_headline_grid(section))
+        lines += _apart_notes(section)
+    return "\n".join(lines)
 
 
 # --- markdown ---------------------------------------------------------------------------------
@@ -142,6 +170,28 @@ def _md_headline(summary: dict) -> list[str]:
     header, rows = _headline_grid(summary)
     rows = [[md(row[0])] + row[1:] for row in rows]
     return _md_table([md(h) for h in header], rows)
+
+
+def _md_apart(summary: dict) -> list[str]:
+    """A section per source reported apart: its own headline table and judges."""
+    out: list[str] = []
+    for source, section in apart_sections(summary):
+        out += [f"## {md(apart_title(source))}", ""]
+        if section["headline"]["columns"]:
+            out += [*_md_headline(section), ""]
+        out += [line for note in _apart_notes(section) for line in (md(note), "")]
+    return out
+
+
+def _apart_sentence(summary: dict) -> str:
+    """Which sources' harmful prompts the headline leaves out ("" when none)."""
+    names = [source for source, _ in apart_sections(summary)]
+    if not names:
+        return ""
+    return (
+        f" Harmful prompts of {', '.join(md(n) for n in names)} count in none of these rates: "
+        "they are reported apart below (their benign prompts stay in over-refusal)."
+    )
 
 
 def _md_targets(summary: dict) -> list[str]:
@@ -258,8 +308,8 @@ def _md_examples(records: list[dict], summary: dict) -> list[str]:
 
 
 def report_markdown(records: list[dict], summary: dict, plots: list[Path], title: str) -> str:
-    """report.md: headline, judges, targets, every attack, worst cases, judge agreement,
-    guard, examples, plots."""
+    """report.md: headline, judges, each source reported apart, targets, every attack, worst
+    cases, judge agreement, guard, examples, plots."""
     lines = [f"# {md(title)}", "", "## Headline", "", *_md_headline(summary), ""]
     lines += [md(judges_line(summary)), ""]
     if long_prefill_line(summary):
@@ -270,8 +320,9 @@ def report_markdown(records: list[dict], summary: dict, plots: list[Path], title
         f"{ALL_ATTACKS} pools every attack suite except {', '.join(NOT_IN_ALL)}. "
         "Over-refusal and utility pool their prompts. Task: the mean over conversations of "
         "the teacher-forced next-token accuracy on the reference replies, with a 95 % "
-        "bootstrap interval.",
+        f"bootstrap interval.{_apart_sentence(summary)}",
         "",
+        *_md_apart(summary),
         "## Targets",
         "",
         *_md_targets(summary),

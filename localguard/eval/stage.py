@@ -81,7 +81,7 @@ def evaluate(opts: EvalOptions, resume: bool = True, force: bool = False) -> dic
             cases = [c for s in suites for c in build_cases(opts, s, sets, own and own.starts)]
             run_target(target, cases, opts, judges, done, write)
     described = [t.describe() for t in targets]
-    summary = summarize(records, described, [j.name for j in judges])
+    summary = summarize(records, described, [j.name for j in judges], opts.apart)
     summary["options"] = opts.describe()
     if own is not None:
         summary["long_prefill"] = own.describe()

@@ -14,6 +14,10 @@ read the same attack replies, "agreement" gives each pair's agreement and Cohen'
 The task suite is no rate: its records carry each conversation's teacher-forced next-token
 accuracy (hit null), summarized as the mean over conversations with a 95 % bootstrap interval
 (localguard.stats.bootstrap_mean_interval).
+
+Sources reported apart (eval.apart, --apart: file names such as xstest_prompts.csv) keep
+their harmful prompts out of every rate above; summary["apart"][source] holds their own rates,
+built by the same code. Their benign prompts stay in over-refusal.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from localguard.recipe import EVAL_SUITES
 from localguard.stats import bootstrap_mean_interval, cohen_kappa, wilson_interval
@@ -225,27 +229,52 @@ def _guard_entries(records: list[dict], targets: list[dict]) -> list[dict]:
     ]
 
 
-def summarize(records: list[dict], targets: list[dict], judges: Sequence[str] = ()) -> dict:
-    """Every rate of an evaluation as plain JSON-able data (summary.json), headline included,
-    so tables and plots can be redrawn without the records. judges: the names of the
-    evaluation's attack-success judges, the primary first (it leads the headline); without
-    them, judge_rank orders the judges the records name."""
+def in_apart(record: dict, apart: Collection[str]) -> bool:
+    """Whether record is a harmful prompt of a source reported apart (named as the record's
+    source field names it, e.g. xstest_prompts.csv), so that it stays out of the headline.
+    Benign prompts of that source are no attack: they stay in over-refusal."""
+    return (record.get("metric") or ATTACK) == ATTACK and record.get("source") in apart
+
+
+def _rates(records: list[dict], targets: list[dict], judges: Sequence[str]) -> dict:
+    """The rates of one set of records, headline included: the whole summary's, and each
+    apart source's, from the same code. targets and judges: the evaluation's, in order."""
     measured = _task_entries(records)
     records = judged(records)
-    targets = _all_targets(records, targets)
     rank = judge_order(judges)
     key = _sort_key(records, targets, rank)
     metrics = _metric_entries(records) + measured
-    summary = {
+    rates = {
         "records": len(records),
-        "targets": targets,
-        "judges": sorted({judge_of(r) for r in records}, key=rank),
         "metrics": sorted(metrics, key=lambda e: key(*(e[k] for k in GROUP))),
         "worst_case": _worst_entries(records, key),
         "guard": _guard_entries(records, targets),
         "agreement": _agreement_entries(records, targets, rank),
     }
-    summary["headline"] = _headline(summary)
+    rates["headline"] = _headline({**rates, "targets": targets, "judges": judges})
+    return rates
+
+
+def summarize(
+    records: list[dict],
+    targets: list[dict],
+    judges: Sequence[str] = (),
+    apart: Sequence[str] = (),
+) -> dict:
+    """Every rate of an evaluation as plain JSON-able data (summary.json), headline included,
+    so tables and plots can be redrawn without the records. judges: the names of the
+    evaluation's attack-success judges, the primary first (it leads the headline); without
+    them, judge_rank orders the judges the records name. apart: sources whose harmful prompts
+    count in no headline rate; each gets its own rates in summary["apart"][source]."""
+    rank = judge_order(judges)
+    targets = _all_targets(judged(records), targets)
+    names = sorted({judge_of(r) for r in judged(records)}, key=rank)
+    kept = [r for r in records if not in_apart(r, apart)]
+    summary = {"targets": targets, "judges": names, **_rates(kept, targets, names)}
+    summary["apart"] = {
+        source: _rates([r for r in records if in_apart(r, (source,))], targets, names)
+        for source in dict.fromkeys(apart)
+    }
     return summary
 
 

@@ -187,6 +187,7 @@ def recipe_options(stage: Stage, recipe: Recipe) -> EvalOptions:
         out=Path(stage.outputs["report"]),
         suites=list(ev["suites"]),
         sources=list(ev["sources"]),
+        apart=list(ev["apart"]),
         heldout=heldout,
         prefill_tokens=list(ev["prefill_tokens"]),
         judge=ev["judge"],

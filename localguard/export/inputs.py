@@ -221,8 +221,12 @@ def calibration_conversations(opts: ExportOptions, tokenizer, head) -> tuple[lis
             encode_conversation(tokenizer, r, length, f"held-out {i}") for i, r in enumerate(rows)
         ]
         return convs, f"starter held-out conversations (seed {seed})"
-    data = ((head.metadata.get("manifest") or {}).get("data") or {}).get("path") if head else None
+    manifest = (head.metadata.get("manifest") or {}) if head else {}
+    data = (manifest.get("data") or {}).get("path")
     if data and Path(data).is_file():
+        # the head's own data fit the length the head was trained at, which may exceed ours
+        trained = int((manifest.get("options") or {}).get("max_seq_length") or 0)
+        length = min(max(length, trained), context)
         return sample(load_conversations(Path(data), tokenizer, length)), f"{data} (head data)"
     rows = [
         {"prompt": p, "response": r, "query_label": 0, "response_label": 0}

@@ -37,9 +37,10 @@ def test_command_line_values_become_options(tmp_path: Path, starter_model: Path)
     values = _cli_values(
         "--model", str(starter_model), "--head", str(tmp_path / "head"), "--guard", "on",
         "--guard", "off", "--prefill-tokens", "3, 7", "--seed", "5", "--max-tokens", "9",
-        "--out", str(tmp_path / "out"),
+        "--out", str(tmp_path / "out"), "--apart", "a.csv", "--apart", "b.csv",
     )  # fmt: skip
     opts = options_from_cli(values)
+    assert opts.apart == ["a.csv", "b.csv"]
     assert [(t.name, t.guard) for t in opts.targets] == [
         ("model guard on", "on"),
         ("model guard off", "off"),

@@ -79,6 +79,7 @@ def test_damaged_inputs_are_clear_errors(case_inputs, exported, tmp_path: Path) 
 def test_calibration_sources(case_inputs, calibration: Path, tmp_path: Path) -> None:
     """--calibration first, then a starter world's held-out set, then the head's own training
     data, then the built-in conversations."""
+    from localguard.conversations import load_conversations
     from localguard.safety_head import load_head
 
     model, head_dir = case_inputs("qwen2")
@@ -94,6 +95,15 @@ def test_calibration_sources(case_inputs, calibration: Path, tmp_path: Path) -> 
     head.metadata["manifest"] = {"data": {"path": str(calibration)}}
     convs, source = calibration_conversations(opts, tokenizer, head)
     assert source.endswith("(head data)") and len(convs) == 5
+    # head data is read at the length the head was trained at, even past the export's own
+    longest = max(len(c.tokens) for c in load_conversations(calibration, tokenizer, 4096))
+    length, opts.max_seq_length = opts.max_seq_length, 4
+    with pytest.raises(InputError, match="longer than the maximum length"):
+        calibration_conversations(opts, tokenizer, head)
+    head.metadata["manifest"]["options"] = {"max_seq_length": longest}
+    convs, _ = calibration_conversations(opts, tokenizer, head)
+    assert len(convs) == 5
+    opts.max_seq_length = length
 
     starter = tmp_path / "world"
     shutil.copytree(model, starter / "model")
