@@ -26,6 +26,7 @@ import itertools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Sequence
+from pathlib import PurePath
 
 from localguard.recipe import EVAL_SUITES
 from localguard.stats import bootstrap_mean_interval, cohen_kappa, wilson_interval
@@ -364,18 +365,35 @@ def _pool_by_target_judge(entries: list[dict]) -> dict[tuple, dict]:
     return {g: {**_pooled(es), "attacks": len(es)} for g, es in groups.items()}
 
 
+def _over_refusal_columns(metrics: list[dict]) -> list[tuple[dict, dict]]:
+    """One over-refusal column, or one per source where there are several: XSTest's
+    borderline prompts and plain instructions measure different things and are not pooled."""
+    entries = [e for e in metrics if e["metric"] == OVER_REFUSAL]
+    sources = list(dict.fromkeys(e["attack"] for e in entries))
+    if len(sources) < 2:
+        sources = [None]
+    columns = []
+    for source in sources:
+        own = [e for e in entries if source is None or e["attack"] == source]
+        if own:
+            key = "over_refusal" if source is None else f"over_refusal {source}"
+            title = "over-refusal" if source is None else f"over-refusal {PurePath(source).stem}"
+            head = {"key": key, "title": title, "metric": OVER_REFUSAL}
+            columns.append((head, _pool_by_target_judge(own)))
+    return columns
+
+
 def _headline(summary: dict) -> dict:
     """Rows = targets, one cell per column (None where absent). The column's judge is the one
     most of its cells show; a cell from another judge names it. summary["judges"] is already
     in rank order, the evaluation's primary judge first."""
     rank = judge_order(summary["judges"])
     columns = _attack_columns(summary)
-    benign = ((OVER_REFUSAL, "over_refusal", "over-refusal"), (ACCURACY, "utility", "utility"))
-    for metric, key, title in benign:
-        entries = [e for e in summary["metrics"] if e["metric"] == metric]
-        if entries:
-            head = {"key": key, "title": title, "metric": metric}
-            columns.append((head, _pool_by_target_judge(entries)))
+    columns += _over_refusal_columns(summary["metrics"])
+    utility = [e for e in summary["metrics"] if e["metric"] == ACCURACY]
+    if utility:
+        head = {"key": "utility", "title": "utility", "metric": ACCURACY}
+        columns.append((head, _pool_by_target_judge(utility)))
     tasks = [e for e in summary["metrics"] if e["metric"] == TASK]
     if tasks:
         columns.append(({"key": TASK, "title": TASK, "metric": TASK}, _task_cells(tasks)))

@@ -110,3 +110,19 @@ def test_headline_prefers_llm_judge_and_names_fallbacks():
     every = summary["headline"]["columns"][2]
     assert every["judge"] == "refusal"
     assert (rows[BASE][2]["hits"], rows[BASE][2]["n"], rows[BASE][2]["attacks"]) == (4, 8, 3)
+
+
+def test_over_refusal_gets_a_column_per_source_when_there_are_several():
+    """XSTest's borderline prompts and plain instructions are not pooled into one rate."""
+    records = [
+        rec(BASE, "over_refusal", source, i, i < hits, "over_refusal")
+        for source, hits in (("xstest_prompts.csv", 2), ("alpaca_harmless_val.json", 0))
+        for i in range(4)
+    ]
+    headline = summarize(records, TARGETS)["headline"]
+    titles = [c["title"] for c in headline["columns"]]
+    assert titles == ["over-refusal xstest_prompts", "over-refusal alpaca_harmless_val"]
+    (row,) = [r for r in headline["rows"] if r["target"] == BASE]
+    assert [c["rate"] for c in row["cells"]] == [0.5, 0.0]
+    one = summarize(records[:4], TARGETS)["headline"]["columns"]
+    assert [c["key"] for c in one] == ["over_refusal"]
