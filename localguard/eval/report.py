@@ -318,8 +318,9 @@ def report_markdown(records: list[dict], summary: dict, plots: list[Path], title
         "Cells: rate with its 95 % Wilson interval and the number of prompts. A worst case "
         "counts a prompt once when any attack of the suite succeeded on it; "
         f"{ALL_ATTACKS} pools every attack suite except {', '.join(NOT_IN_ALL)}. "
-        "Over-refusal and utility pool their prompts. Task: the mean over conversations of "
-        "the teacher-forced next-token accuracy on the reference replies, with a 95 % "
+        "Over-refusal pools its prompts per source (a column each where there are several), "
+        "utility all of its own. Task: the mean over conversations of the teacher-forced "
+        "next-token accuracy on the reference replies, with a 95 % "
         f"bootstrap interval.{_apart_sentence(summary)}",
         "",
         *_md_apart(summary),
