@@ -421,6 +421,14 @@ def head_score(
     help="Prompts per file (0: all).",
 )
 @click.option(
+    "--skip-category",
+    "skip_categories",
+    multiple=True,
+    metavar="NAME",
+    help="Leave out prompts of this category, case-insensitive (HarmBench's SemanticCategory, "
+    "JailbreakBench's Category, ...), e.g. copyright; repeatable.",
+)
+@click.option(
     "--refusal-prefix",
     default=REFUSAL_PREFIX,
     show_default=True,
@@ -447,7 +455,7 @@ def label_command(force: bool, **options: Any) -> None:
     from localguard.label import LabelOptions, format_summary, label
 
     options["out"] = Path(options["out"])
-    for key in ("harmful", "benign"):
+    for key in ("harmful", "benign", "skip_categories"):
         options[key] = list(options[key])
     summary = label(LabelOptions(**options), force=force)
     click.echo(format_summary(summary))
@@ -684,7 +692,7 @@ def chat(**options: Any) -> None:
     "guard",
     ["threshold", "tau", "window", "refusal_prefix", "temperature", "top_p", "top_k", "max_tokens"],
 )
-@schema_options("eval", ["apart", "complier", "long_prefill_tokens", "task_data"])
+@schema_options("eval", ["apart", "apart_suites", "complier", "long_prefill_tokens", "task_data"])
 def eval_command(**options: Any) -> None:
     """Attack a model and measure attack success, over-refusal, utility and task accuracy.
 

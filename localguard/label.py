@@ -60,6 +60,7 @@ class LabelOptions:
     temperature: float  # 0: greedy
     max_prompts: int  # per file; 0: all
     refusal_prefix: str
+    skip_categories: list[str] = dataclasses.field(default_factory=list)  # case-insensitive
 
     def describe(self) -> dict:
         """The options a resumed run must share (OUT itself may move)."""
@@ -109,9 +110,18 @@ def open_model(ref: str, adapter: str | None) -> GuardBackend:
     return open_guard_backend(gguf_path(ref), "llamacpp", adapter=adapter)
 
 
-def read_prompts(files: list[str], harmful: bool, limit: int) -> list[EvalPrompt]:
-    """Every prompt of the files, each labeled harmful or benign by the option that named it."""
-    return [p for ref in files for p in load_prompts(ref, harmful=harmful, limit=limit)]
+def read_prompts(
+    files: list[str], harmful: bool, limit: int, skip_categories: Iterable[str] = ()
+) -> list[EvalPrompt]:
+    """Every prompt of the files, each labeled harmful or benign by the option that named it,
+    but those of a skipped category (limit counts the prompts read, before the skip)."""
+    skip = {c.casefold() for c in skip_categories}
+    return [
+        p
+        for ref in files
+        for p in load_prompts(ref, harmful=harmful, limit=limit)
+        if (p.category or "").casefold() not in skip
+    ]
 
 
 def plan(harmful: list[EvalPrompt], benign: list[EvalPrompt]) -> list[Task]:
@@ -206,8 +216,8 @@ def label(opts: LabelOptions, force: bool = False) -> dict:
         raise InputError("no prompts: give --harmful FILE and/or --benign FILE")
     if not opts.refusal_prefix.strip():
         raise InputError("the refusal prefix must not be empty")
-    harmful = read_prompts(opts.harmful, True, opts.max_prompts)
-    benign = read_prompts(opts.benign, False, opts.max_prompts)
+    harmful = read_prompts(opts.harmful, True, opts.max_prompts, opts.skip_categories)
+    benign = read_prompts(opts.benign, False, opts.max_prompts, opts.skip_categories)
     tasks = plan(harmful, benign)
     options = {**opts.describe(), "prompts": prompts_digest(tasks)}
     found, found_skipped = resume(opts.out, options, force)

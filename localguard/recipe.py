@@ -65,12 +65,10 @@ QUANT_TYPES = (
     "IQ4_XS",
 )
 DATA_SUFFIXES = (".csv", ".jsonl", ".json")
+# the suites that attack a fixed model with harmful prompts
+ATTACK_SUITES = ("direct", "prefill", "jailbreak", "decoding", "control_tokens")
 EVAL_SUITES = (
-    "direct",
-    "prefill",
-    "jailbreak",
-    "decoding",
-    "control_tokens",
+    *ATTACK_SUITES,
     "finetune_attack",
     "over_refusal",
     "utility",
@@ -117,6 +115,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
         ),
         "benign": _f("list[source]", [], "benign prompt files: the model's own answer each"),
         "max_prompts": _f("int", 0, "prompts per file (0: all)", low=0),
+        "skip_categories": _f(
+            "list[str]",
+            [],
+            "prompt categories left out, case-insensitive (HarmBench's SemanticCategory, "
+            "JailbreakBench's Category, ...), e.g. copyright",
+        ),
         "max_tokens": _f("int", 128, "tokens the model writes per reply", low=1),
         "temperature": _f("float", 0.0, "sampling temperature (0: greedy)", low=0.0, high=5.0),
     },
@@ -304,6 +308,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
             [],
             "sources (file names, e.g. xstest_prompts.csv) whose harmful prompts are reported "
             "apart, outside the headline attack rates",
+        ),
+        "apart_suites": _f(
+            "list[str]",
+            [],
+            "the attack suites the apart sources' harmful prompts go through (empty: every "
+            "suite), e.g. direct: a question-form set measured without the costlier attacks",
+            choices=ATTACK_SUITES,
         ),
         "prefill_tokens": _f("list[int]", [5, 10, 20], "forced tokens for the prefill attack"),
         "complier": _f(

@@ -16,6 +16,7 @@ from backend_checks import (
     check_rows_never_sampled,
     greedy,
 )
+from char_text import EOS, CharText
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampling, Step, numpy_sampler
 from localguard.encoding import hf_tokenizer
@@ -28,13 +29,12 @@ from localguard.guard import GuardSettings, generate, split_prefill
 # it writes `after` and ends. The query logit is high when the prompt says "bad"; the response
 # logit is high at every "x". Everything is a function of the tokens, so rewinds are honest.
 
-EOS = 95
 Q_ROW, R_ROW = 96, 97
 PREFIX = "NO"
 UNSAFE, SAFE = 5.0, -5.0
 
 
-class ScriptedBackend(GuardBackend):
+class ScriptedBackend(CharText, GuardBackend):
     def __init__(self, plan: str, after: str = " ok", flagged: str = "x", tau=None, prefix=None):
         self.plan, self.after, self.flagged = plan, after, flagged
         self.head = HeadInfo(("query", "response"), np.array([0.0, 0.0]), tau, prefix)
@@ -44,18 +44,6 @@ class ScriptedBackend(GuardBackend):
         self.seq: list[int] = []
         self.prompt_len = 0
         self.rewinds: list[tuple[int, int]] = []  # (from length, to length)
-
-    def encode_text(self, text: str) -> list[int]:
-        return [ord(c) - 32 for c in text]
-
-    def encode_chat(self, messages, add_generation_prompt: bool = True):
-        text = "".join(f"{m['role'][0].upper()}:{m['content']}\n" for m in messages)
-        ids = self.encode_text(text + ("A:" if add_generation_prompt else ""))
-        self.prompt_len = len(ids)
-        return ids
-
-    def decode(self, tokens) -> str:
-        return "".join(chr(t + 32) for t in tokens if t < EOS)
 
     @property
     def length(self) -> int:

@@ -73,6 +73,7 @@ class EvalOptions:
     suites: list[str] = schema_field("eval", "suites")
     sources: list[str] = schema_field("eval", "sources")  # prompt files or hub data set ids
     apart: list[str] = schema_field("eval", "apart")  # harmful sources outside the headline
+    apart_suites: list[str] = schema_field("eval", "apart_suites")  # theirs (empty: all)
     heldout: Path | None = None  # a starter world's data folder (held-out sets)
     prefill_tokens: list[int] = schema_field("eval", "prefill_tokens")
     complier: str | None = schema_field("eval", "complier")  # the long prefill's own replies
@@ -269,6 +270,7 @@ def options_from_cli(options: dict[str, Any]) -> EvalOptions:
         suites=suites,
         sources=list(options["sources"]),
         apart=list(options["apart"]),
+        apart_suites=list(options["apart_suites"]),
         heldout=heldout,
         prefill_tokens=prefill,
         **extra,

@@ -32,20 +32,20 @@ from localguard.eval.options import EvalOptions, Target
 from localguard.eval.prompts import EvalPrompt
 from localguard.eval.report import format_table, write_report
 from localguard.eval.suites import (
-    ATTACK_SUITES,
     Case,
     OwnPrefill,
     build_cases,
     complier_starts,
     prompt_sets,
     record_key,
+    runs_suite,
     task_cases,
 )
 from localguard.eval.summary import TASK, judge_of, summarize
 from localguard.eval.targets import attack_targets, open_target
 from localguard.files import clean_json, temporary_name, write_json
 from localguard.guard import GuardResult, GuardSettings, generate, prompt_messages
-from localguard.recipe import EVAL_SUITES
+from localguard.recipe import ATTACK_SUITES, EVAL_SUITES
 
 PARTIAL_RESULTS = "results.partial.jsonl"
 TASK_JUDGE = "next-token"  # what decides the task suite: the target's argmax, teacher-forced
@@ -149,7 +149,7 @@ def _own_prefill(opts: EvalOptions, harmful: list[EvalPrompt], work: Path) -> Ow
     """The long prefill's starts when a complier is set and the prefill suite runs."""
     if not opts.complier or "prefill" not in opts.suites:
         return None
-    return complier_starts(opts, harmful, work)
+    return complier_starts(opts, [p for p in harmful if runs_suite(opts, p, "prefill")], work)
 
 
 def _check_judges(names: Sequence[str]) -> None:

@@ -188,6 +188,7 @@ def recipe_options(stage: Stage, recipe: Recipe) -> EvalOptions:
         suites=list(ev["suites"]),
         sources=list(ev["sources"]),
         apart=list(ev["apart"]),
+        apart_suites=list(ev["apart_suites"]),
         heldout=heldout,
         prefill_tokens=list(ev["prefill_tokens"]),
         judge=ev["judge"],

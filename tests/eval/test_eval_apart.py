@@ -9,7 +9,10 @@ from click.testing import CliRunner
 from eval_helpers import BASE, GUARDED, TARGETS, entry, rec
 
 from localguard.cli import cli
+from localguard.eval.options import EvalOptions
+from localguard.eval.prompts import EvalPrompt
 from localguard.eval.report import format_table, report_markdown
+from localguard.eval.suites import build_cases
 from localguard.eval.summary import ALL_ATTACKS, in_apart, summarize
 from localguard.recipe import SCHEMA
 
@@ -102,7 +105,30 @@ def test_report_shows_a_table_per_apart_source():
     assert "reported apart" not in format_table(summarize(records, TARGETS))
 
 
-def test_the_apart_option_has_the_schema_help() -> None:
+def test_the_apart_options_have_the_schema_help() -> None:
     """--apart's help is the recipe schema's (its value: tests/eval/test_eval_options.py)."""
     help_text = " ".join(CliRunner().invoke(cli, ["eval", "--help"]).output.split())
-    assert " ".join(SCHEMA["eval"]["apart"].help.split()) in help_text
+    for key in ("apart", "apart_suites"):
+        assert " ".join(SCHEMA["eval"][key].help.split()) in help_text
+
+
+def test_apart_suites_limit_the_apart_sources_harmful_prompts(tmp_path) -> None:
+    """eval.apart_suites = ["direct"]: the apart source's harmful prompt meets the direct
+    attack only; the headline's prompts and the apart source's benign one are untouched."""
+    sets = (
+        [
+            EvalPrompt("a:1", "main", True, source=MAIN),
+            EvalPrompt("x:1", "apart", True, source=APART),
+        ],
+        [EvalPrompt("x:2", "safe", False, source=APART)],
+        [],
+    )
+
+    def prompts(suite: str, **limits) -> list[str]:
+        opts = EvalOptions(targets=[], out=tmp_path, apart=[APART], **limits)
+        return sorted(c.prompt.prompt for c in build_cases(opts, suite, sets))
+
+    assert prompts("direct", apart_suites=["direct"]) == ["apart", "main"]
+    assert prompts("jailbreak", apart_suites=["direct"]) == ["main"] * 5
+    assert prompts("over_refusal", apart_suites=["direct"]) == ["safe"]
+    assert prompts("jailbreak") == ["apart"] * 5 + ["main"] * 5  # empty: every suite

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from char_text import EOS, CharText
 from click.testing import CliRunner
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampling, Step
@@ -22,12 +23,11 @@ from localguard.eval.suites import COMPLIER_REPLIES, build_cases, complier_start
 from localguard.recipe import SCHEMA, load_recipe
 from localguard.stats import bootstrap_mean_interval
 
-EOS = 95  # ids 0..94 are the printable ASCII characters (id = ord - 32)
 REFUSAL = "I can't help with that."
 COMPLY = "Step one: get the parts. Step two: build it."
 
 
-class CharBackend(GuardBackend):
+class CharBackend(CharText, GuardBackend):
     """Characters as tokens. The "model" writes plan(prompt) one character at a time: at reply
     position i it predicts plan[i] whatever the reply so far holds, so a forced start or a
     teacher-forced reference shifts it along its plan without changing it."""
@@ -41,18 +41,6 @@ class CharBackend(GuardBackend):
         self._tokens: list[int] = []
         self.prompt_len = 0
         self.closed = False
-
-    def encode_text(self, text: str) -> list[int]:
-        return [ord(c) - 32 for c in text]
-
-    def encode_chat(self, messages, add_generation_prompt: bool = True) -> list[int]:
-        text = "".join(f"{m['role'][0].upper()}:{m['content']}\n" for m in messages)
-        ids = self.encode_text(text + ("A:" if add_generation_prompt else ""))
-        self.prompt_len = len(ids)
-        return ids
-
-    def decode(self, tokens) -> str:
-        return "".join(chr(t + 32) for t in tokens if t < EOS)
 
     def reset(self) -> None:
         self._tokens = []
@@ -270,7 +258,7 @@ def test_task_accuracy_is_the_mean_over_conversations(tmp_path: Path, monkeypatc
     assert "6 / 7 tokens (2 conversations)" in (tmp_path / "eval" / "report.md").read_text()
 
 
-def test_task_data_rows_ranges_and_the_prompt_max(tmp_path: Path, monkeypatch) -> None:
+def test_task_data_rows_ranges_and_no_prompt_max(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(stage, "open_target", lambda t: CharBackend(lambda p: "abcd"))
     completions = tmp_path / "pc.jsonl"
     rows = [{"prompt": f"q{i}", "completion": "ab"} for i in range(4)]
@@ -281,7 +269,8 @@ def test_task_data_rows_ranges_and_the_prompt_max(tmp_path: Path, monkeypatch) -
     records = [
         json.loads(x) for x in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()
     ]
-    assert [(r["prompt"], r["accuracy"]) for r in records] == [("q1", 1.0), ("q2", 1.0)]
+    # max_prompts bounds generated suites only: every task conversation in the range is scored
+    assert [(r["prompt"], r["accuracy"]) for r in records] == [(f"q{i}", 1.0) for i in (1, 2, 3)]
     assert records[0]["prompt_id"] == "task:pc.jsonl:2"  # the file's line
 
 
