@@ -71,6 +71,10 @@ class Sampling:
     max_tokens: int = 128
     seed: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # OpenAI's penalties: each reply token's logit is lowered by presence_penalty once it has
+    # appeared in the reply and by frequency_penalty times its count there
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0.0 or not 0.0 < self.top_p <= 1.0 or self.top_k < 0:
@@ -78,6 +82,8 @@ class Sampling:
                 f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got "
                 f"{self.temperature}, {self.top_p}, {self.top_k}"
             )
+        if not (-2.0 <= self.presence_penalty <= 2.0 and -2.0 <= self.frequency_penalty <= 2.0):
+            raise InputError("presence_penalty and frequency_penalty must lie in [-2, 2]")
         if self.max_tokens < 1:
             raise InputError(f"max_tokens must be at least 1, not {self.max_tokens}")
 

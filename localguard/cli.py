@@ -6,6 +6,7 @@ exits 1, with the traceback only under --debug.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
@@ -533,24 +534,55 @@ def import_command(gguf_file: str, out: str, force: bool, dtype: str) -> None:
     click.echo(f"-> {out}")
 
 
+def guarded_model_options(func):
+    """MODEL / --model, --backend, --adapter, --head, --lora, --n-ctx: the guarded model that
+    chat and serve open (open_guarded_model)."""
+    decorators = [
+        click.argument("model_file", metavar="MODEL", required=False),
+        click.option(
+            "--backend",
+            type=click.Choice(["llamacpp", "mlx"]),
+            default="llamacpp",
+            show_default=True,
+            help="llamacpp: a GGUF with its baked head; mlx: model + head.",
+        ),
+        click.option("--model", help="The model (instead of MODEL): GGUF file, or folder for mlx."),
+        click.option(
+            "--adapter", type=click.Path(file_okay=False), help="mlx: LoRA adapter folder."
+        ),
+        click.option(
+            "--head",
+            type=click.Path(file_okay=False),
+            help="mlx: safety head folder (without one, only --mode off).",
+        ),
+        click.option("--lora", type=click.Path(dir_okay=False), help="llamacpp: LoRA GGUF file."),
+        click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context length."),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+def open_guarded_model(options: dict[str, Any]):
+    """The backend of guarded_model_options' values; the caller closes it."""
+    from localguard.backends.factory import open_guard_backend
+    from localguard.errors import InputError
+
+    model = options["model"] or options["model_file"]
+    if not model or (options["model"] and options["model_file"]):
+        raise InputError("give the model once: MODEL or --model")
+    return open_guard_backend(
+        model,
+        options["backend"],
+        adapter=options["adapter"],
+        head=options["head"],
+        lora=options["lora"],
+        n_ctx=options["n_ctx"],
+    )
+
+
 @cli.command()
-@click.argument("model_file", metavar="MODEL", required=False)
-@click.option(
-    "--backend",
-    type=click.Choice(["llamacpp", "mlx"]),
-    default="llamacpp",
-    show_default=True,
-    help="llamacpp: a GGUF with its baked head; mlx: model + head.",
-)
-@click.option("--model", help="The model (instead of MODEL): GGUF file, or folder for mlx.")
-@click.option("--adapter", type=click.Path(file_okay=False), help="mlx: LoRA adapter folder.")
-@click.option(
-    "--head",
-    type=click.Path(file_okay=False),
-    help="mlx: safety head folder (without one, only --mode off).",
-)
-@click.option("--lora", type=click.Path(dir_okay=False), help="llamacpp: LoRA GGUF file.")
-@click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context length.")
+@guarded_model_options
 @click.option("--system", help="System message at the start of the conversation.")
 @click.option("--prompt", help="Answer this one message and exit (no interactive session).")
 @click.option("--json", "as_json", is_flag=True, help="With --prompt: answer, trace, actions.")
@@ -572,25 +604,14 @@ def chat(**options: Any) -> None:
     """
     import contextlib
 
-    from localguard.backends.factory import open_guard_backend
     from localguard.chat import ChatSession, answer_once, interactive
     from localguard.errors import InputError
     from localguard.guard import GuardSettings
 
-    model = options["model"] or options["model_file"]
-    if not model or (options["model"] and options["model_file"]):
-        raise InputError("give the model once: MODEL or --model")
     if options["as_json"] and options["prompt"] is None:
         raise InputError("--json needs --prompt")
     settings, sampling = GuardSettings.from_recipe(options)
-    backend = open_guard_backend(
-        model,
-        options["backend"],
-        adapter=options["adapter"],
-        head=options["head"],
-        lora=options["lora"],
-        n_ctx=options["n_ctx"],
-    )
+    backend = open_guarded_model(options)
     session = ChatSession(backend, settings, sampling, options["system"])
     if options["prompt"] is not None:
         answer_once(session, options["prompt"], options["as_json"], sys.stdout, sys.stderr)
@@ -598,6 +619,85 @@ def chat(**options: Any) -> None:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing for input())
     interactive(session)
+
+
+@cli.command()
+@guarded_model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--name", help="The model's id in /v1/models and in replies (default: the file).")
+@click.option(
+    "--strict-openai",
+    is_flag=True,
+    help="Leave the `localguard` object (the guard's action and scores) out of each choice.",
+)
+@click.option(
+    "--allow-client-guard-mode",
+    is_flag=True,
+    help='Let a request ask for {"localguard": {"guard_mode": "monitor"}}; without it such a '
+    "request gets 403 and no request can change the guard.",
+)
+@click.option(
+    "--max-tokens-limit",
+    type=click.IntRange(1),
+    default=1024,
+    show_default=True,
+    help="The most reply tokens a request may ask for (also the default max_tokens).",
+)
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(1),
+    default=1 << 20,
+    show_default=True,
+    help="Largest request body; a larger one gets 413.",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(1),
+    default=64,
+    show_default=True,
+    help="Requests that may wait for the model; more get 429.",
+)
+@click.option(
+    "--tau", type=click.IntRange(1, 8), help="Unsafe steps before rewinding (default: the model's)."
+)
+@click.option("--refusal-prefix", help="Text forced when the guard refuses (default: the model's).")
+@schema_options("guard", ["mode", "threshold", "window"])
+def serve(**options: Any) -> None:
+    """Serve a guarded model over OpenAI's HTTP API (/v1/chat/completions, /v1/completions,
+    streaming or not; /v1/models; /health), the guard on every request.
+
+    MODEL is as for `localguard chat`. Point any OpenAI client at http://HOST:PORT/v1 (any API
+    key). When the guard refuses or cuts a reply, finish_reason is "content_filter" and the
+    refusal is in message.refusal as well as in content. No request can turn the guard off.
+    Requests run one at a time in arrival order; Ctrl-C or SIGTERM stops the server.
+    """
+    from pathlib import Path
+
+    from localguard.guard import GuardSettings
+    from localguard.serve.protocol import Limits
+    from localguard.serve.server import Engine, ServeOptions
+    from localguard.serve.server import serve as run_server
+
+    settings, _ = GuardSettings.from_recipe(options)
+    backend = open_guarded_model(options)
+    try:
+        settings.resolve(backend.head)  # a headless model with the guard on fails here, once
+        model = options["model"] or options["model_file"]
+        limits = Limits(options["max_body_bytes"], options["max_tokens_limit"], options["n_ctx"])
+        serve_options = ServeOptions(
+            host=options["host"],
+            port=options["port"],
+            name=options["name"] or Path(model).name,
+            strict_openai=options["strict_openai"],
+            allow_client_guard_mode=options["allow_client_guard_mode"],
+            limits=limits,
+        )
+        log = functools.partial(click.echo, err=True)
+        engine = Engine(backend, settings, limits, options["max_queue"], log)
+        run_server(engine, serve_options, log)
+    finally:
+        backend.close()
 
 
 @cli.command("eval")

@@ -177,7 +177,7 @@ class GuardResult:
     text: str  # the reply as the user sees it (a kept prefill included)
     tokens: list[int]  # its token ids
     response_logits: list[float]  # the response logit at each of them
-    finish: str  # "eos", "length" or "stopped"
+    finish: str  # "eos", "length", "stopped" (by the guard) or "halted" (by the caller)
     query_logit: float
     interventions: list[Intervention]
     settings: dict  # the resolved settings, with where each came from
@@ -219,29 +219,60 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     *,
     on_step: Callable[[float, bool], None] | None = None,
+    halt: Callable[[], bool] | None = None,
 ) -> GuardResult:
     """The guarded reply to a chat; on_text receives the text as it is released.
 
     on_step(score, flagged) is called for every reply token fed to the model, as soon as its
     verdict is in: its response logit (nan without a head) and whether it counts as unsafe
     (never for the guard's own forced prefix, nor in mode off). Tokens that a rewind removes
-    later are reported too: it is what the guard sees, for a live meter."""
-    cfg = (settings or GuardSettings()).resolve(backend.head)
+    later are reported too: it is what the guard sees, for a live meter. halt() is asked
+    before each sampled token; True ends the reply there (finish "halted": a stop sequence
+    was released, or the caller went away)."""
     chat, prefill = split_prefill(messages)
     prompt = backend.encode_chat(chat, add_generation_prompt=True)
     forced = backend.encode_text(prefill) if prefill else []
-    run = _Run(backend, cfg, sampling or Sampling(), len(prompt), on_text, on_step)
-    return run.go(prompt, forced)
+    return generate_tokens(
+        backend, prompt, forced, settings, sampling, on_text, on_step=on_step, halt=halt
+    )
+
+
+def generate_tokens(
+    backend: GuardBackend,
+    prompt: list[int],
+    forced: list[int] | None = None,
+    settings: GuardSettings | None = None,
+    sampling: Sampling | None = None,
+    on_text: Callable[[str], None] | None = None,
+    *,
+    on_step: Callable[[float, bool], None] | None = None,
+    halt: Callable[[], bool] | None = None,
+) -> GuardResult:
+    """The guarded continuation of prompt token ids (a chat already rendered, or raw text for
+    a plain completion), forced tokens first; as generate."""
+    if not prompt:
+        raise InputError("the prompt is empty: the guard needs at least one token to judge")
+    cfg = (settings or GuardSettings()).resolve(backend.head)
+    run = _Run(backend, cfg, sampling or Sampling(), len(prompt), on_text, on_step, halt)
+    return run.go(prompt, list(forced or []))
 
 
 class _Run:
     """The state of one guarded reply."""
 
     def __init__(
-        self, backend, cfg: Resolved, sampling: Sampling, prompt_len: int, on_text, on_step=None
+        self,
+        backend,
+        cfg: Resolved,
+        sampling: Sampling,
+        prompt_len: int,
+        on_text,
+        on_step=None,
+        halt=None,
     ):
         self.b, self.cfg, self.sampling = backend, cfg, sampling
         self.prompt_len, self.on_text, self.on_step = prompt_len, on_text, on_step
+        self.halt = halt
         self.mask = np.array(backend.safety_ids, np.intp)  # the safety rows, as an index
         self.bias = _bias_arrays(sampling.logit_bias, backend.vocab_size)
         self.reply: list[int] = []  # tokens after the prompt, exactly as in the KV cache
@@ -278,6 +309,9 @@ class _Run:
         while finish is None:
             if forced:
                 tokens, forcing, forced = forced, is_prefix, []
+            elif self.halt is not None and self.halt():
+                finish = "halted"
+                break
             elif self._may_continue():
                 tokens, forcing = [self._pick(sample, logits)], False
             else:
@@ -309,9 +343,13 @@ class _Run:
 
     def _pick(self, sample, logits: np.ndarray) -> int:
         x = np.asarray(logits, dtype=np.float32)
-        if self.bias is not None:
-            x = x.copy()  # the bias changes the draw only, never the step's logits
-            np.add.at(x, self.bias[0], self.bias[1])
+        penalty = self._penalty()
+        if self.bias is not None or penalty is not None:
+            x = x.copy()  # bias and penalties change the draw only, never the step's logits
+            if self.bias is not None:
+                np.add.at(x, self.bias[0], self.bias[1])
+            if penalty is not None:
+                x[penalty[0]] -= penalty[1]
             x[self.mask] = -np.inf  # after the bias: it cannot unmask them
         elif self.mask.size and not np.isneginf(x[self.mask]).all():
             x = x.copy()  # backends hand them over masked already; mask a copy if one did not
@@ -320,6 +358,15 @@ class _Run:
         if token in self.b.safety_ids:
             raise RuntimeError(f"the sampler picked the safety row {token} at -inf")
         return token
+
+    def _penalty(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(token ids, amounts) that the presence and frequency penalties take off the logits
+        of the tokens already in the reply; None when there are none."""
+        presence, frequency = self.sampling.presence_penalty, self.sampling.frequency_penalty
+        if not self.reply or not (presence or frequency):
+            return None
+        ids, counts = np.unique(np.array(self.reply, np.intp), return_counts=True)
+        return ids, (presence + frequency * counts).astype(np.float32)
 
     def _prefix(self) -> list[int]:
         """The refusal prefix as tokens, after a space when it follows text."""

@@ -26,6 +26,7 @@ from backend_checks import (
     check_rows_never_sampled,
 )
 from click.testing import CliRunner
+from guarded_gguf import BIAS, PREFIX, SCALE, THRESHOLDS, write_guarded_gguf
 
 from localguard.backends.base import Sampling
 from localguard.errors import InputError
@@ -34,8 +35,7 @@ from localguard.guard import GuardSettings, generate
 llama_cpp = pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from localguard.backends.llamacpp import gguf_keys as keys  # noqa: E402
-from localguard.backends.llamacpp.convert import ExtraRow, convert_to_gguf  # noqa: E402
+from localguard.backends.llamacpp.convert import convert_to_gguf  # noqa: E402
 from localguard.backends.llamacpp.gguf_runtime import (  # noqa: E402
     GGUFModel,
 )
@@ -49,24 +49,10 @@ from localguard.chat import (  # noqa: E402
     read_conversation,
 )
 
-SCALE = 1 / 16
-BIAS = np.array([0.25, -0.5])
-THRESHOLDS = [0.0, 0.3]
-PREFIX = "I can't help with that."
-
 
 @pytest.fixture(scope="module")
 def gguf_file(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    hidden = json.loads((starter_model / "config.json").read_text())["hidden_size"]
-    rng = np.random.default_rng(0)
-    weight = rng.normal(size=(2, hidden)) * 3 / np.sqrt(hidden)
-    rows = [ExtraRow(name, (weight[k] * SCALE).astype(np.float32), float(BIAS[k]))
-            for k, name in enumerate(["query", "response"])]  # fmt: skip
-    meta = {keys.HEAD_THRESHOLDS: THRESHOLDS, keys.HEAD_SCALE: [SCALE, SCALE],
-            keys.GUARD_TAU: 2, keys.GUARD_REFUSAL_PREFIX: PREFIX}  # fmt: skip
-    out = tmp_path_factory.mktemp("chat") / "model-F32.gguf"
-    convert_to_gguf(starter_model, out, rows, outtype="f32", metadata=meta)
-    return out
+    return write_guarded_gguf(starter_model, tmp_path_factory.mktemp("chat") / "model-F32.gguf")
 
 
 @pytest.fixture(scope="module")

@@ -504,3 +504,29 @@ def test_a_model_without_a_head_generates_with_the_guard_off_only(
             with pytest.raises(InputError, match="no safety head, so the guard can only be off"):
                 generate(b, chat("Hi"), GuardSettings(mode=mode), Sampling(max_tokens=4))
     assert texts[0].strip()
+
+
+def test_penalties_lower_the_logits_of_tokens_already_in_the_reply() -> None:
+    """The planned token leads the others by 20: a frequency penalty of 2 a repeat ties it after
+    10 repeats (the lowest id, a space, wins the tie); a presence penalty of 2 never does."""
+    plain, _ = _run(ScriptedBackend("a" * 12), mode="off")
+    assert plain.text == "a" * 12
+    sampling = Sampling(max_tokens=11, frequency_penalty=2.0)
+    assert _run(ScriptedBackend("a" * 12), mode="off", sampling=sampling)[0].text == "a" * 10 + " "
+    sampling = Sampling(max_tokens=12, presence_penalty=2.0)
+    assert _run(ScriptedBackend("a" * 12), mode="off", sampling=sampling)[0].text == "a" * 12
+    with pytest.raises(InputError, match="penalty"):
+        Sampling(frequency_penalty=3.0)
+
+
+def test_halt_ends_the_reply_before_the_next_token() -> None:
+    backend = ScriptedBackend("abcdefgh")
+    calls = []
+    result = generate(
+        backend,
+        chat("hello"),
+        GuardSettings(mode="off"),
+        Sampling(max_tokens=40),
+        halt=lambda: calls.append(1) or len(calls) > 3,
+    )
+    assert result.text == "abc" and result.finish == "halted"
