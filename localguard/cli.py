@@ -680,24 +680,22 @@ def serve(**options: Any) -> None:
     from localguard.serve.server import serve as run_server
 
     settings, _ = GuardSettings.from_recipe(options)
-    backend = open_guarded_model(options)
-    try:
-        settings.resolve(backend.head)  # a headless model with the guard on fails here, once
-        model = options["model"] or options["model_file"]
-        limits = Limits(options["max_body_bytes"], options["max_tokens_limit"], options["n_ctx"])
-        serve_options = ServeOptions(
-            host=options["host"],
-            port=options["port"],
-            name=options["name"] or Path(model).name,
-            strict_openai=options["strict_openai"],
-            allow_client_guard_mode=options["allow_client_guard_mode"],
-            limits=limits,
-        )
-        log = functools.partial(click.echo, err=True)
-        engine = Engine(backend, settings, limits, options["max_queue"], log)
-        run_server(engine, serve_options, log)
-    finally:
-        backend.close()
+    limits = Limits(options["max_body_bytes"], options["max_tokens_limit"], options["n_ctx"])
+    log = functools.partial(click.echo, err=True)
+    # a headless model with the guard on fails here, before the server listens
+    engine = Engine(
+        lambda: open_guarded_model(options), settings, limits, options["max_queue"], log
+    )
+    model = options["model"] or options["model_file"]
+    serve_options = ServeOptions(
+        host=options["host"],
+        port=options["port"],
+        name=options["name"] or Path(model).name,
+        strict_openai=options["strict_openai"],
+        allow_client_guard_mode=options["allow_client_guard_mode"],
+        limits=limits,
+    )
+    run_server(engine, serve_options, log)
 
 
 @cli.command("eval")

@@ -110,8 +110,10 @@ def run_mode(args, mode: str, expected: dict[str, dict[int, str]]) -> dict:
     limits = Limits(max_tokens=args.max_tokens, context=args.n_ctx)
     from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
 
-    backend = LlamaCppGuardBackend.load(Path(args.gguf), n_ctx=args.n_ctx)
-    engine = Engine(backend, GuardSettings(mode=mode), limits, max_queue=args.requests)
+    def load():
+        return LlamaCppGuardBackend.load(Path(args.gguf), n_ctx=args.n_ctx)
+
+    engine = Engine(load, GuardSettings(mode=mode), limits, max_queue=args.requests)
     server = Server(engine, ServeOptions(port=0, name="bench", limits=limits))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -125,7 +127,6 @@ def run_mode(args, mode: str, expected: dict[str, dict[int, str]]) -> dict:
         server.shutdown()
         server.server_close()
         engine.stop()
-        backend.close()
     results = run["results"]
     latencies = sorted(r[2] for r in results.values())
     tokens = sum(r[3] for r in results.values())

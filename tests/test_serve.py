@@ -54,8 +54,10 @@ class Running:
 
 
 def start(gguf: Path, settings: GuardSettings, **options) -> Iterator[Running]:
-    backend = LlamaCppGuardBackend.load(gguf, n_ctx=LIMITS.context, n_threads=1)
-    engine = Engine(backend, settings, LIMITS, max_queue=8)
+    def load():
+        return LlamaCppGuardBackend.load(gguf, n_ctx=LIMITS.context, n_threads=1)
+
+    engine = Engine(load, settings, LIMITS, max_queue=8)
     server = Server(engine, ServeOptions(port=0, name="test", limits=LIMITS, **options))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -65,7 +67,6 @@ def start(gguf: Path, settings: GuardSettings, **options) -> Iterator[Running]:
         server.shutdown()
         server.server_close()
         engine.stop()
-        backend.close()
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +372,27 @@ def test_serve_help_and_a_headless_model(starter_model: Path, tmp_path: Path) ->
     convert_to_gguf(starter_model, headless, outtype="f32")
     result = CliRunner().invoke(cli, ["serve", str(headless), "--port", "0"])
     assert result.exit_code == 2 and "no safety head" in result.stderr
+
+
+def test_the_mlx_backend_serves_from_the_worker_thread(starter_model: Path, stream_head: Path):
+    """MLX runs in the model's worker thread, not the one that loaded it."""
+    from localguard.backends.factory import open_guard_backend
+
+    def load():
+        return open_guard_backend(starter_model, "mlx", head=stream_head)
+
+    engine = Engine(load, GuardSettings(), LIMITS)
+    server = Server(engine, ServeOptions(port=0, name="mlx", limits=LIMITS))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        running = Running(f"http://127.0.0.1:{server.server_address[1]}/v1", engine)
+        whole = ask(running, max_tokens=8)
+        assert whole.model == "mlx" and whole.choices[0].message.content is not None
+        streamed = "".join(
+            c.choices[0].delta.content or "" for c in ask(running, max_tokens=8, stream=True)
+        )
+        assert streamed == whole.choices[0].message.content
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.stop()

@@ -93,23 +93,34 @@ class StopSequences:
 
 
 class Engine:
-    """The model and its worker thread."""
+    """The model and its worker thread. The worker opens the model itself (open_backend) and
+    closes it when the engine stops: MLX keeps its streams per thread, so the thread that runs
+    the model must be the one that loaded it."""
 
     def __init__(
         self,
-        backend: GuardBackend,
+        open_backend: Callable[[], GuardBackend],
         settings: GuardSettings,
         limits: Limits,
         max_queue: int = 64,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        self.backend, self.settings, self.limits = backend, settings, limits
+        self.settings, self.limits = settings, limits
         self.jobs: queue.Queue = queue.Queue(max_queue)
         self.current: Job | None = None
         self.counts = {"served": 0, "cancelled": 0, "failed": 0}  # for /health
         self.log = log or (lambda line: None)
-        self.worker = threading.Thread(target=self._work, name="localguard-model", daemon=True)
+        self.backend: GuardBackend
+        self._failure: BaseException | None = None
+        ready = threading.Event()
+        self.worker = threading.Thread(
+            target=self._work, args=(open_backend, ready), name="localguard-model", daemon=True
+        )
         self.worker.start()
+        ready.wait()
+        if self._failure is not None:
+            self.worker.join()
+            raise self._failure
 
     def submit(self, job: Job) -> None:
         try:
@@ -137,7 +148,27 @@ class Engine:
         self.jobs.put(None)
         self.worker.join(SHUTDOWN_SECONDS)
 
-    def _work(self) -> None:
+    def _work(self, open_backend: Callable[[], GuardBackend], ready: threading.Event) -> None:
+        try:
+            self.backend = open_backend()
+        except BaseException as e:
+            self._failure = e
+            ready.set()
+            return
+        try:
+            self.settings.resolve(self.backend.head)  # a headless model with the guard on
+        except BaseException as e:
+            self._failure = e
+            self.backend.close()
+            ready.set()
+            return
+        ready.set()
+        try:
+            self._serve_jobs()
+        finally:
+            self.backend.close()
+
+    def _serve_jobs(self) -> None:
         while True:
             job = self.jobs.get()
             if job is None:
