@@ -623,40 +623,18 @@ def chat(**options: Any) -> None:
 
 @cli.command()
 @guarded_model_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--name", help="The model's id in /v1/models and in replies (default: the file).")
-@click.option(
-    "--strict-openai",
-    is_flag=True,
-    help="Leave the `localguard` object (the guard's action and scores) out of each choice.",
-)
-@click.option(
-    "--allow-client-guard-mode",
-    is_flag=True,
-    help='Let a request ask for {"localguard": {"guard_mode": "monitor"}}; without it such a '
-    "request gets 403 and no request can change the guard.",
-)
-@click.option(
-    "--max-tokens-limit",
-    type=click.IntRange(1),
-    default=1024,
-    show_default=True,
-    help="The most reply tokens a request may ask for (also the default max_tokens).",
-)
-@click.option(
-    "--max-body-bytes",
-    type=click.IntRange(1),
-    default=1 << 20,
-    show_default=True,
-    help="Largest request body; a larger one gets 413.",
-)
-@click.option(
-    "--max-queue",
-    type=click.IntRange(1),
-    default=64,
-    show_default=True,
-    help="Requests that may wait for the model; more get 429.",
+@schema_options(
+    "serve",
+    [
+        "host",
+        "port",
+        "strict_openai",
+        "allow_client_guard_mode",
+        "max_tokens_limit",
+        "max_body_bytes",
+        "max_queue",
+    ],
 )
 @click.option(
     "--tau", type=click.IntRange(1, 8), help="Unsafe steps before rewinding (default: the model's)."

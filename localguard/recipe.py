@@ -289,6 +289,29 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "top_k": _f("int", 0, "top-k sampling (0: off)", low=0),
         "max_tokens": _f("int", 128, "longest answer", low=1),
     },
+    "serve": {
+        "host": _f("str", "127.0.0.1", "address localguard serve listens on"),
+        "port": _f("int", 8000, "port localguard serve listens on (0: any free one)", low=0),
+        "max_tokens_limit": _f(
+            "int",
+            1024,
+            "the most reply tokens a request may ask for (also its default max_tokens)",
+            low=1,
+        ),
+        "max_body_bytes": _f("int", 1 << 20, "largest request body; a larger one gets 413", low=1),
+        "max_queue": _f("int", 64, "requests that may wait for the model; more get 429", low=1),
+        "strict_openai": _f(
+            "bool",
+            False,
+            "leave the localguard object (the guard's action and scores) out of each choice",
+        ),
+        "allow_client_guard_mode": _f(
+            "bool",
+            False,
+            'let a request ask for {"localguard": {"guard_mode": "monitor"}}; without it such '
+            "a request gets 403, and no request can ever turn the guard off",
+        ),
+    },
     "eval": {
         "enabled": _f("bool", True, "run the evaluation"),
         "suites": _f(

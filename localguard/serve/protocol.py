@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from localguard.backends.base import Sampling
 from localguard.errors import InputError
 from localguard.guard import GuardResult
+from localguard.recipe import schema_field
 
 EXTENSION = "localguard"  # the extension object's key in each choice (and in requests)
 CLIENT_GUARD_MODES = ("on", "monitor")  # what a request may ask for, when the server allows
@@ -48,8 +49,8 @@ class APIError(Exception):
 class Limits:
     """What one request may ask of the server."""
 
-    max_body_bytes: int = 1 << 20
-    max_tokens: int = 1024  # the most reply tokens a request may ask for (and the default)
+    max_body_bytes: int = schema_field("serve", "max_body_bytes")
+    max_tokens: int = schema_field("serve", "max_tokens_limit")  # also a request's default
     context: int = 4096  # prompt tokens + max_tokens must fit the model's context
 
 

@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from localguard.backends.base import GuardBackend
 from localguard.errors import InputError
 from localguard.guard import GuardResult, GuardSettings, generate_tokens, split_prefill
+from localguard.recipe import default, schema_field
 from localguard.serve import protocol
 from localguard.serve.protocol import APIError, Limits, Request
 
@@ -102,7 +103,7 @@ class Engine:
         open_backend: Callable[[], GuardBackend],
         settings: GuardSettings,
         limits: Limits,
-        max_queue: int = 64,
+        max_queue: int = default("serve", "max_queue"),
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.settings, self.limits = settings, limits
@@ -243,12 +244,12 @@ class Engine:
 
 @dataclass(frozen=True)
 class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = schema_field("serve", "host")
+    port: int = schema_field("serve", "port")
     name: str = "localguard"
-    strict_openai: bool = False  # leave the localguard extension object out
-    allow_client_guard_mode: bool = False
-    limits: Limits = Limits()
+    strict_openai: bool = schema_field("serve", "strict_openai")  # no localguard object
+    allow_client_guard_mode: bool = schema_field("serve", "allow_client_guard_mode")
+    limits: Limits = field(default_factory=Limits)
 
 
 class Server(ThreadingHTTPServer):
