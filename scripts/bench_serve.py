@@ -110,10 +110,10 @@ def run_mode(args, mode: str, expected: dict[str, dict[int, str]]) -> dict:
     limits = Limits(max_tokens=args.max_tokens, context=args.n_ctx)
     from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
 
-    def load():
+    def open_model():
         return LlamaCppGuardBackend.load(Path(args.gguf), n_ctx=args.n_ctx)
 
-    engine = Engine(load, GuardSettings(mode=mode), limits, max_queue=args.requests)
+    engine = Engine(open_model, GuardSettings(mode=mode), limits, max_queue=args.requests)
     server = Server(engine, ServeOptions(port=0, name="bench", limits=limits))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
