@@ -24,6 +24,15 @@ EXTENSION = "localguard"  # the extension object's key in each choice (and in re
 CLIENT_GUARD_MODES = ("on", "monitor")  # what a request may ask for, when the server allows
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 ROLES = ("system", "developer", "user", "assistant")
+# OpenAI fields this server does not implement, with the value that asks for nothing
+UNSUPPORTED = {
+    "tools": [],
+    "functions": [],
+    "logprobs": False,
+    "suffix": "",
+    "echo": False,
+    "best_of": 1,
+}
 
 
 class APIError(Exception):
@@ -86,9 +95,9 @@ def parse(kind: str, body: bytes, limits: Limits, allow_guard_mode: bool) -> Req
         raise APIError("the request body must be a JSON object")
     if _get(data, "n", int, 1) != 1:
         raise APIError("only n = 1 is supported", param="n")
-    for unsupported in ("tools", "functions", "logprobs", "suffix", "echo", "best_of"):
-        if data.get(unsupported) not in (None, False, [], 1 if unsupported == "best_of" else None):
-            raise APIError(f"{unsupported} is not supported by localguard serve", param=unsupported)
+    for key, neutral in UNSUPPORTED.items():
+        if data.get(key) not in (None, neutral):
+            raise APIError(f"{key} is not supported by localguard serve", param=key)
     request = Request(
         kind=kind,
         model=_get(data, "model", str, ""),
