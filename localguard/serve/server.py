@@ -20,7 +20,6 @@ import queue
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
@@ -453,7 +452,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
         line = format % args if args else format
-        sys.stderr.write(f"{self.address_string()} {self.command} {self.path} {line}\n")
+        self.server.engine.log(f"{self.address_string()} {self.command} {self.path} {line}")
 
     def log_request(self, code="-", size="-") -> None:
         if isinstance(code, HTTPStatus):
