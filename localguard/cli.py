@@ -671,7 +671,6 @@ def serve(**options: Any) -> None:
         name=options["name"] or Path(model).name,
         strict_openai=options["strict_openai"],
         allow_client_guard_mode=options["allow_client_guard_mode"],
-        limits=limits,
     )
     run_server(engine, serve_options, log)
 

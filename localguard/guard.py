@@ -229,12 +229,18 @@ def generate(
     later are reported too: it is what the guard sees, for a live meter. halt() is asked
     before each sampled token; True ends the reply there (finish "halted": a stop sequence
     was released, or the caller went away)."""
-    chat, prefill = split_prefill(messages)
-    prompt = backend.encode_chat(chat, add_generation_prompt=True)
-    forced = backend.encode_text(prefill) if prefill else []
+    prompt, forced = chat_tokens(backend, messages)
     return generate_tokens(
         backend, prompt, forced, settings, sampling, on_text, on_step=on_step, halt=halt
     )
+
+
+def chat_tokens(backend: GuardBackend, messages: Sequence[dict]) -> tuple[list[int], list[int]]:
+    """(prompt ids, forced reply start ids) of a chat: the chat through the model's template,
+    a final assistant message as the start the reply must continue (split_prefill)."""
+    chat, prefill = split_prefill(messages)
+    prompt = backend.encode_chat(chat, add_generation_prompt=True)
+    return prompt, backend.encode_text(prefill) if prefill else []
 
 
 def generate_tokens(

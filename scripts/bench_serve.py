@@ -114,7 +114,7 @@ def run_mode(args, mode: str, expected: dict[str, dict[int, str]]) -> dict:
         return LlamaCppGuardBackend.load(Path(args.gguf), n_ctx=args.n_ctx)
 
     engine = Engine(open_model, GuardSettings(mode=mode), limits, max_queue=args.requests)
-    server = Server(engine, ServeOptions(port=0, name="bench", limits=limits))
+    server = Server(engine, ServeOptions(port=0, name="bench"))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     port = server.server_address[1]

@@ -58,7 +58,7 @@ def start(gguf: Path, settings: GuardSettings, **options) -> Iterator[Running]:
         return LlamaCppGuardBackend.load(gguf, n_ctx=LIMITS.context, n_threads=1)
 
     engine = Engine(load, settings, LIMITS, max_queue=8)
-    server = Server(engine, ServeOptions(port=0, name="test", limits=LIMITS, **options))
+    server = Server(engine, ServeOptions(port=0, name="test", **options))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -382,7 +382,7 @@ def test_the_mlx_backend_serves_from_the_worker_thread(starter_model: Path, stre
         return open_guard_backend(starter_model, "mlx", head=stream_head)
 
     engine = Engine(load, GuardSettings(), LIMITS)
-    server = Server(engine, ServeOptions(port=0, name="mlx", limits=LIMITS))
+    server = Server(engine, ServeOptions(port=0, name="mlx"))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         running = Running(f"http://127.0.0.1:{server.server_address[1]}/v1", engine)

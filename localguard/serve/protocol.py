@@ -80,13 +80,7 @@ class Request:
 
 def parse(kind: str, body: bytes, limits: Limits, allow_guard_mode: bool) -> Request:
     """A request body of /v1/chat/completions (kind "chat") or /v1/completions ("completion")."""
-    if len(body) > limits.max_body_bytes:
-        raise APIError(
-            f"the request body has {len(body)} bytes; this server takes at most "
-            f"{limits.max_body_bytes}",
-            status=413,
-            code="request_too_large",
-        )
+    check_body_size(len(body), limits)
     try:
         data = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as e:
@@ -113,6 +107,16 @@ def parse(kind: str, body: bytes, limits: Limits, allow_guard_mode: bool) -> Req
     else:
         request.prompt = _prompt(data.get("prompt"))
     return request
+
+
+def check_body_size(size: int, limits: Limits) -> None:
+    """413 for a body over the limit (the server checks Content-Length before reading it)."""
+    if size > limits.max_body_bytes:
+        raise APIError(
+            f"the request body has {size} bytes; this server takes at most {limits.max_body_bytes}",
+            status=413,
+            code="request_too_large",
+        )
 
 
 def _no_constant(name: str):

@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from localguard.backends.base import GuardBackend
 from localguard.errors import InputError
-from localguard.guard import GuardResult, GuardSettings, generate_tokens, split_prefill
+from localguard.guard import GuardResult, GuardSettings, chat_tokens, generate_tokens
 from localguard.recipe import default, schema_field
 from localguard.serve import protocol
 from localguard.serve.protocol import APIError, Limits, Request
@@ -55,7 +55,11 @@ class Outcome:
     finish: str
     refusal: str | None
     result: GuardResult
-    completion_tokens: int
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(prompt tokens, completion tokens), for usage."""
+        return self.result.prompt_tokens, len(self.result.tokens)
 
 
 class StopSequences:
@@ -73,8 +77,8 @@ class StopSequences:
         if self.hit:
             return
         self.text += piece
-        found = [i for i in (self.text.find(s, max(0, self.sent - self.keep)) for s in self.stops)]
-        found = [i for i in found if i >= 0]
+        start = max(0, self.sent - self.keep)  # a stop may begin in the held tail
+        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
         if found:
             self.text, self.hit = self.text[: min(found)], True
             self._send(len(self.text))
@@ -149,20 +153,17 @@ class Engine:
         self.worker.join(SHUTDOWN_SECONDS)
 
     def _work(self, open_backend: Callable[[], GuardBackend], ready: threading.Event) -> None:
+        backend = None
         try:
-            self.backend = open_backend()
+            backend = self.backend = open_backend()
+            self.settings.resolve(backend.head)  # a headless model with the guard on fails
         except BaseException as e:
             self._failure = e
-            ready.set()
+            if backend is not None:
+                backend.close()
             return
-        try:
-            self.settings.resolve(self.backend.head)  # a headless model with the guard on
-        except BaseException as e:
-            self._failure = e
-            self.backend.close()
+        finally:
             ready.set()
-            return
-        ready.set()
         try:
             self._serve_jobs()
         finally:
@@ -197,13 +198,10 @@ class Engine:
     def prompt_tokens(self, request: Request) -> tuple[list[int], list[int]]:
         """(prompt ids, forced reply start ids): the chat through the model's template, message
         text tokenized with special-token parsing off; a plain completion's text likewise."""
-        b = self.backend
         if request.kind == "chat":
-            chat, prefill = split_prefill(request.messages)
-            prompt = b.encode_chat(chat, add_generation_prompt=True)
-            forced = b.encode_text(prefill) if prefill else []
+            prompt, forced = chat_tokens(self.backend, request.messages)
         else:
-            prompt, forced = b.encode_text(request.prompt), []
+            prompt, forced = self.backend.encode_text(request.prompt), []
         room = self.limits.context - request.sampling.max_tokens
         if len(prompt) + len(forced) > room:
             raise APIError(
@@ -237,7 +235,6 @@ class Engine:
             finish=protocol.finish_reason(result, stops.hit),
             refusal=protocol.refusal_text(result, self.backend.decode),
             result=result,
-            completion_tokens=len(result.tokens),
         )
 
 
@@ -248,7 +245,6 @@ class ServeOptions:
     name: str = "localguard"
     strict_openai: bool = schema_field("serve", "strict_openai")  # no localguard object
     allow_client_guard_mode: bool = schema_field("serve", "allow_client_guard_mode")
-    limits: Limits = field(default_factory=Limits)
 
 
 class Server(ThreadingHTTPServer):
@@ -290,9 +286,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if path not in kinds:
                 raise APIError(f"no route POST {path}", 404, code="not_found")
-            opts = self.server.options
-            body = self._body(opts.limits.max_body_bytes)
-            request = protocol.parse(kinds[path], body, opts.limits, opts.allow_client_guard_mode)
+            limits, allow = self.server.engine.limits, self.server.options.allow_client_guard_mode
+            body = self._body(limits)
+            request = protocol.parse(kinds[path], body, limits, allow)
         except APIError as e:
             self._error(e)
             return
@@ -317,7 +313,7 @@ class Handler(BaseHTTPRequestHandler):
             ms = (time.perf_counter() - started) * 1000
             action = protocol.extension(outcome.result)["action"]
             self.log_message(
-                f"{request.kind}: {outcome.completion_tokens} tokens, {outcome.finish}, "
+                f"{request.kind}: {outcome.counts[1]} tokens, {outcome.finish}, "
                 f"guard {action}, {ms:.0f} ms"
             )
 
@@ -367,8 +363,8 @@ class Handler(BaseHTTPRequestHandler):
             last = protocol.chunk(request, rid, name, delta, outcome.finish, ext)
             self._chunk(protocol.sse(last))
             if request.include_usage:
-                counts = (outcome.result.prompt_tokens, outcome.completion_tokens)
-                self._chunk(protocol.sse(protocol.chunk(request, rid, name, counts=counts)))
+                chunk = protocol.chunk(request, rid, name, counts=outcome.counts)
+                self._chunk(protocol.sse(chunk))
             self._chunk(protocol.sse("[DONE]"))
             self._end_stream()
             return outcome
@@ -377,7 +373,6 @@ class Handler(BaseHTTPRequestHandler):
     # --- what is written ---
 
     def _completion(self, request: Request, rid: str, outcome: Outcome) -> dict:
-        counts = (outcome.result.prompt_tokens, outcome.completion_tokens)
         return protocol.completion(
             request,
             rid,
@@ -386,13 +381,13 @@ class Handler(BaseHTTPRequestHandler):
             outcome.finish,
             outcome.refusal,
             self._extension(outcome),
-            counts,
+            outcome.counts,
         )
 
     def _extension(self, outcome: Outcome) -> dict | None:
         return None if self.server.options.strict_openai else protocol.extension(outcome.result)
 
-    def _body(self, limit: int) -> bytes:
+    def _body(self, limits: Limits) -> bytes:
         length = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked" or length is None:
             self.close_connection = True
@@ -402,13 +397,14 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             raise APIError("Content-Length is not a number") from None
-        if size > limit or size < 0:
+        if size < 0:
+            self.close_connection = True
+            raise APIError("Content-Length is negative")
+        try:
+            protocol.check_body_size(size, limits)
+        except APIError:
             self.close_connection = True  # the unread body must not be taken for a request
-            raise APIError(
-                f"the request body has {size} bytes; this server takes at most {limit}",
-                413,
-                code="request_too_large",
-            )
+            raise
         return self.rfile.read(size)
 
     def _json(self, status: int, data: dict) -> None:
