@@ -426,8 +426,9 @@ def head_score(
     "skip_categories",
     multiple=True,
     metavar="NAME",
-    help="Leave out prompts of this category, case-insensitive (HarmBench's SemanticCategory, "
-    "JailbreakBench's Category, ...), e.g. copyright; repeatable.",
+    help="Leave out prompts of this category, case-insensitive (HarmBench's SemanticCategory or "
+    "FunctionalCategory, JailbreakBench's Category, ...), e.g. copyright, contextual; "
+    "repeatable.",
 )
 @click.option(
     "--refusal-prefix",

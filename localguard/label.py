@@ -114,13 +114,14 @@ def read_prompts(
     files: list[str], harmful: bool, limit: int, skip_categories: Iterable[str] = ()
 ) -> list[EvalPrompt]:
     """Every prompt of the files, each labeled harmful or benign by the option that named it,
-    but those of a skipped category (limit counts the prompts read, before the skip)."""
+    but those whose category or kind is skipped (limit counts the prompts read, before the
+    skip)."""
     skip = {c.casefold() for c in skip_categories}
     return [
         p
         for ref in files
         for p in load_prompts(ref, harmful=harmful, limit=limit)
-        if (p.category or "").casefold() not in skip
+        if not skip & {(p.category or "").casefold(), (p.kind or "").casefold()}
     ]
 
 

@@ -118,8 +118,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "skip_categories": _f(
             "list[str]",
             [],
-            "prompt categories left out, case-insensitive (HarmBench's SemanticCategory, "
-            "JailbreakBench's Category, ...), e.g. copyright",
+            "prompt categories left out, case-insensitive (HarmBench's SemanticCategory or "
+            "FunctionalCategory, JailbreakBench's Category, ...), e.g. copyright, contextual",
         ),
         "max_tokens": _f("int", 128, "tokens the model writes per reply", low=1),
         "temperature": _f("float", 0.0, "sampling temperature (0: greedy)", low=0.0, high=5.0),

@@ -3,9 +3,10 @@
 `load_prompts(ref)` reads one source into a list of EvalPrompt (plain data, no framework). The
 layout is recognized by the column names (case-insensitive) of a CSV header or JSON objects:
 
-  HarmBench       Behavior, ..., SemanticCategory, ContextString, BehaviorID
+  HarmBench       Behavior, FunctionalCategory, SemanticCategory, ContextString, BehaviorID
                   a contextual behavior is "CONTEXT\\n\\n---\\n\\nBEHAVIOR", the format HarmBench
-                  itself sends; category = SemanticCategory; id = BehaviorID
+                  itself sends; category = SemanticCategory; kind = FunctionalCategory
+                  (standard, contextual, copyright); id = BehaviorID
   JailbreakBench  Goal, Target, Behavior, Category (any case, optional index column)
                   prompt = Goal; a file whose name contains "benign" is benign, else harmful
   AdvBench        goal, target
@@ -74,6 +75,7 @@ class EvalPrompt:
     target: str | None = None
     category: str | None = None
     source: str = ""
+    kind: str | None = None  # the form of request beside its topic: HarmBench's FunctionalCategory
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class _Layout:
     id: str | None = None
     context: str | None = None
     label: str | None = None
+    kind: str | None = None
 
 
 class _NoLayout(InputError):
@@ -109,6 +112,7 @@ def _layout(columns: list[str], where: str) -> _Layout:
             id=opt("behaviorid"),
             context=opt("contextstring"),
             label=opt("label"),
+            kind=opt("functionalcategory"),
         )
     if {"goal", "target"} <= cols and cols & {"behavior", "category"}:
         return _Layout("jailbreakbench", "goal", "target", opt("category"), label=opt("label"))
@@ -205,6 +209,7 @@ class _Reader:
             target=_text(row.get(layout.target), "target", loc) if layout.target else None,
             category=_text(row.get(layout.category), "category", loc) if layout.category else None,
             source=self.source,
+            kind=_text(row.get(layout.kind), "kind", loc) if layout.kind else None,
         )
 
 

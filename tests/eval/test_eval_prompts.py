@@ -62,6 +62,7 @@ def test_harmbench_context_crlf_and_embedded_newline(tmp_path):
     assert got[0].prompt == "Do plain harm" and got[0].category == "illegal"
     assert got[1].prompt == "Line one\nLine two\n\n---\n\nRewrite it"
     assert got[1].category == "misinformation" and got[1].target is None
+    assert [p.kind for p in got] == ["standard", "contextual", "copyright"]
     assert all(p.harmful for p in got)
 
 
@@ -357,6 +358,7 @@ def test_real_harmbench_details(shared_data):
     got = load_prompts(path)
     contextual = [p for p in got if "\n\n---\n\n" in p.prompt]
     assert len(contextual) == 19  # the validation split's contextual behaviours
+    assert {p.kind for p in contextual} == {"contextual"}
     assert got[0].id == "harmbench_behaviors_text_val.csv:safrole_oil_extraction_guide"
     assert Counter(p.category for p in got)["copyright"] == 20
 
