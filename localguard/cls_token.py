@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from localguard.conversations import Conversation
-from localguard.recipe import schema_field
+from localguard.recipe import SCHEMA, schema_field
 
 
 @dataclass(frozen=True)
@@ -91,17 +91,24 @@ def query_columns(conv: Conversation) -> np.ndarray:
     return np.concatenate([np.arange(a, b) for a, b in spans]).astype(np.int64)
 
 
-def cls_mask(conv: Conversation, rule: ClsRule, width: int, rows: int) -> np.ndarray:
-    """(rows, width + rows) boolean mask of CLS verdict rows over [tokens (padded to width),
-    CLS rows]: row t (the verdict after t reply tokens) reads the query, its window of reply
-    tokens and itself; rows past the conversation's last verdict read only themselves."""
+def rows_mask(
+    query: np.ndarray, start: int, windows: np.ndarray, width: int, rows: int
+) -> np.ndarray:
+    """(rows, width + rows) boolean mask of CLS rows over [tokens (padded to width), CLS rows]:
+    row i reads the query positions, reply tokens windows[i] and itself; rows past the
+    windows read only themselves."""
     mask = np.zeros((rows, width + rows), bool)
     mask[np.arange(rows), width + np.arange(rows)] = True
-    query = query_columns(conv)
-    for t, (lo, hi) in enumerate(teacher_windows(conv, rule)[:rows]):
-        mask[t, query] = True
-        mask[t, conv.start + lo : conv.start + hi] = True
+    for i, (lo, hi) in enumerate(windows[:rows]):
+        mask[i, query] = True
+        mask[i, start + lo : start + hi] = True
     return mask
+
+
+def cls_mask(conv: Conversation, rule: ClsRule, width: int, rows: int) -> np.ndarray:
+    """rows_mask of a conversation's verdicts after 0, 1, .. reply tokens (teacher_windows)."""
+    windows = teacher_windows(conv, rule)
+    return rows_mask(query_columns(conv), conv.start, windows, width, rows)
 
 
 def verdict_count(conv: Conversation) -> int:
@@ -114,3 +121,78 @@ def head_rule(head) -> ClsRule | None:
     if head.cls is None:
         return None
     return ClsRule(**head.metadata.get("cls", {}))
+
+
+# --- generation: the re-classification schedule and the rule's live state -------------------
+
+SCHEDULES = SCHEMA["guard"]["cls_schedule"].choices
+
+
+def due(t: int, schedule: str, period: int) -> bool:
+    """Whether the verdict after t reply tokens is taken (t = 0, the query's, always is).
+
+    every: each step (the authors' "each"); periodic: every `period` steps; annealed: often
+    early, rarely late, a check at t being followed by one 1 + t // period steps later; first:
+    the query's verdict alone. The authors name the same four (question_inference.py:
+    dynamic_reclassification_strategy = each, first, periodic, annealing) but their period and
+    annealing curve live outside the released code."""
+    if t == 0 or schedule == "every":
+        return True
+    if schedule == "first":
+        return False
+    if schedule == "periodic":
+        return t % period == 0
+    check = 0
+    while check < t:
+        check += 1 + check // period
+    return check == t
+
+
+@dataclass
+class LiveVerdicts:
+    """The rule's state while a reply is generated: the verdicts so far decide the windows.
+
+    The first verdict is malicious when its query logit reaches the query threshold; the
+    turning point is the newest token read by the first re-check whose response logit reaches
+    the response threshold (the head's calibrated thresholds: the authors' cls_logit_boundary).
+    Between re-checks a token carries the last verdict, so the Guard's tau counts tokens as in
+    stream mode."""
+
+    rule: ClsRule
+    query: np.ndarray  # the query's token positions
+    start: int  # first reply token's position
+    outputs: tuple[int, int]  # (query, response) row indices of the head
+    thresholds: tuple[float, float]  # theirs, in logit units
+    schedule: str = "every"
+    period: int = 1
+    first_malicious: bool = False
+    turn: int | None = None
+    last: np.ndarray | None = None  # the last verdict's logits
+
+    def windows(self, first: int, count: int) -> np.ndarray:
+        """(count, 2) windows of the verdicts after first .. first + count - 1 reply tokens."""
+        return np.array(
+            [
+                window(t, self.first_malicious, self.turn, self.rule)
+                for t in range(first, first + count)
+            ],
+            np.int64,
+        ).reshape(count, 2)
+
+    def take(self, t: int, logits: np.ndarray) -> np.ndarray:
+        """The verdict after t reply tokens: logits when it is due (the state follows them),
+        else the last one again."""
+        if self.last is not None and not due(t, self.schedule, self.period):
+            return self.last
+        q, r = self.outputs
+        if t == 0:
+            self.first_malicious = bool(logits[q] >= self.thresholds[0])
+        elif self.turn is None and not self.first_malicious and logits[r] >= self.thresholds[1]:
+            self.turn = t - 1
+        self.last = np.asarray(logits)
+        return self.last
+
+    def rewind(self, reply_length: int) -> None:
+        """Tokens from reply_length on are gone: so is a turning point among them."""
+        if self.turn is not None and self.turn >= reply_length:
+            self.turn = None

@@ -289,6 +289,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
             high=32,
         ),
         "refusal_prefix": _f("str", REFUSAL_PREFIX, "text forced when the guard refuses"),
+        # a CLS head's re-classification schedule (mlx; localguard/cls_token.py: due)
+        "cls_schedule": _f(
+            "str",
+            "every",
+            "CLS head: verdicts every step, every cls_period steps, annealed, or first only",
+            choices=("every", "periodic", "annealed", "first"),
+        ),
+        "cls_period": _f(
+            "int", 4, "CLS head: steps between re-checks (periodic), scale of annealed", low=1
+        ),
         "temperature": _f("float", 0.0, "sampling temperature", low=0.0, high=5.0),
         "top_p": _f("float", 1.0, "nucleus sampling", low=0.0, high=1.0),
         "top_k": _f("int", 0, "top-k sampling (0: off)", low=0),

@@ -146,26 +146,139 @@ def test_cls_verdicts_read_exactly_their_window(arch: str, tmp_path: Path) -> No
 # --- training, the folder, the CLI ----------------------------------------------------------
 
 
-def test_cls_mode_trains_and_writes_a_cls_head(tmp_path: Path) -> None:
-    from localguard.head import HeadOptions, format_report, train_head
-    from localguard.safety_head import load_head
+@pytest.fixture(scope="module")
+def cls_head(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(model folder, conversations, head folder): a CLS head on a tiny llama, two steps."""
+    from localguard.head import HeadOptions, train_head
 
-    model_dir = make_tiny_model("llama", tmp_path / "llama")
-    data = write_jsonl(tmp_path / "convs.jsonl", conversation_rows(32))
-    out = tmp_path / "head"
+    root = tmp_path_factory.mktemp("cls")
+    model_dir = make_tiny_model("llama", root / "llama")
+    data = write_jsonl(root / "convs.jsonl", conversation_rows(32))
+    out = root / "head"
     opts = HeadOptions(
         model=model_dir, data=data, out=out, mode="cls", iters=2, batch_size=2, r1=3, r2=4, r3=2
     )
-    report = train_head(opts)
-    assert "stream    query AUROC" in format_report(report)
+    train_head(opts)
+    return model_dir, data, out
+
+
+def test_cls_mode_trains_and_writes_a_cls_head(cls_head) -> None:
+    from mlx_lm import load
+
+    from localguard.backends.mlx.head_train import embedding_mean
+    from localguard.head import format_report
+    from localguard.safety_head import load_head
+
+    model_dir, _, out = cls_head
     info = json.loads((out / "head.json").read_text())
     assert info["mode"] == "cls" and info["cls"] == {"r1": 3, "r2": 4, "r3": 2}
     assert info["positions"]["query"] == "CLS verdict after the prompt"
     assert info["manifest"]["adapter"] == "adapters.safetensors"
+    report = json.loads((out / "report.json").read_text())
+    assert "stream    query AUROC" in format_report(report)
     head = load_head(out)
     assert head.cls is not None and head.cls.shape == (head.hidden_size,)
+    model, _ = load(str(model_dir))
+    assert not np.allclose(head.cls, embedding_mean(model))  # the CLS vector was trained
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert {"nll", "bce"} <= set(json.loads(lines[-1]))
+
+
+# --- generation (mlx) -----------------------------------------------------------------------
+
+
+def test_schedules() -> None:
+    from localguard.cls_token import due
+
+    def checks(schedule: str, period: int) -> list[int]:
+        return [t for t in range(25) if due(t, schedule, period)]
+
+    assert checks("every", 3) == list(range(25))
+    assert checks("periodic", 3) == [0, 3, 6, 9, 12, 15, 18, 21, 24]
+    assert checks("annealed", 4) == [0, 1, 2, 3, 4, 6, 8, 11, 14, 18, 23]
+    assert checks("first", 3) == [0]
+
+
+def test_live_verdicts_carry_turn_and_rewind() -> None:
+    from localguard.cls_token import LiveVerdicts
+
+    live = LiveVerdicts(RULE, np.arange(3), 7, (0, 1), (0.0, 0.0), "periodic", 2)
+    assert live.take(0, np.array([-1.0, -1.0]))[0] == -1.0 and not live.first_malicious
+    assert live.take(1, np.array([5.0, 5.0]))[1] == -1.0  # not due: the last verdict again
+    assert live.turn is None
+    assert live.take(2, np.array([5.0, 5.0]))[1] == 5.0 and live.turn == 1
+    assert live.windows(3, 2).tolist() == [[0, 3], [0, 3]]  # S - r2 .. S + r3, clipped at 0
+    live.rewind(1)
+    assert live.turn is None
+
+
+def _backend(cls_head, thresholds=None, **options):
+    from mlx_lm import load
+
+    from localguard.backends.mlx.guarded import MLXGuardBackend
+    from localguard.safety_head import load_head
+
+    model_dir, _, out = cls_head
+    model, tokenizer = load(str(model_dir), adapter_path=str(out))
+    head = load_head(out)
+    if thresholds is not None:
+        head.thresholds = np.array(thresholds, np.float64)
+    return MLXGuardBackend(model, tokenizer, head, **options), head
+
+
+def _conversations(cls_head):
+    from mlx_lm import load
+
+    from localguard.conversations import load_conversations
+
+    model_dir, data, _ = cls_head
+    _, tokenizer = load(str(model_dir))
+    return [c for c in load_conversations(data, tokenizer, 128) if c.query == 0][:2]
+
+
+def test_generation_verdicts_are_the_trained_ones(cls_head) -> None:
+    """Token by token over the KV cache, with verdicts that never flag (so the windows are a
+    benign conversation's), the verdicts are traces' from the batch path."""
+    from dataclasses import replace
+
+    from localguard.backends.mlx.head_train import traces
+
+    backend, head = _backend(cls_head, thresholds=[np.inf, np.inf])
+    for conv in _conversations(cls_head):
+        benign = replace(conv, onset=-1, response=0)
+        expected = traces(backend.model, head, [benign])[0]
+        backend.reset()
+        # the query spans encode_chat would record for this prompt
+        backend._cls.prompt = (tuple(conv.tokens[: conv.start]), list(conv.query_spans))
+        rows = [backend.feed(conv.tokens[: conv.start], every=False).safety[-1]]
+        rows += [backend.feed([t]).safety[-1] for t in conv.tokens[conv.start :]]
+        assert np.abs(np.array(rows) - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+
+
+def test_first_only_schedule_carries_the_query_verdict(cls_head) -> None:
+    backend, _ = _backend(cls_head, cls_schedule="first")
+    conv = _conversations(cls_head)[0]
+    first = backend.feed(conv.tokens[: conv.start], every=False).safety[-1]
+    later = backend.feed(conv.tokens[conv.start : conv.start + 4]).safety
+    assert (later == first).all()
+
+
+def test_the_guard_acts_on_cls_verdicts(cls_head) -> None:
+    from localguard.backends.base import Sampling
+    from localguard.guard import generate
+
+    backend, _ = _backend(cls_head, thresholds=[-np.inf, np.inf])  # every query is malicious
+    result = generate(
+        backend, [{"role": "user", "content": "hello"}], sampling=Sampling(max_tokens=6)
+    )
+    assert result.interventions[0].output == "query"
+    assert result.interventions[0].action == "refuse"
+    backend, _ = _backend(cls_head, thresholds=[np.inf, -np.inf])  # every reply token unsafe
+    result = generate(
+        backend, [{"role": "user", "content": "hello"}], sampling=Sampling(max_tokens=6)
+    )
+    first = result.interventions[0]  # tau (2) unsafe verdicts: rewound to the turning point
+    assert (first.output, first.action, first.at, first.dropped) == ("response", "refuse", 0, 2)
 
 
 def _run(args: list[str]):

@@ -426,3 +426,17 @@ def bake_head(model: nn.Module, head: SafetyHead) -> int:
     first = layer.weight.shape[0]
     layer.weight = mx.concatenate([layer.weight, rows], axis=0)
     return first
+
+
+def cache_cls_states(model: nn.Module, cache: list, cls: mx.array, mask: mx.array) -> mx.array:
+    """CLS states (V, D) over a generation's KV caches (mlx-lm KVCache, one per block) of L
+    tokens: rows at positions L - V + 1 .. L, the verdicts after the last V tokens, under mask
+    (1, 1, V, L + V). The caches are read, never written."""
+    kept = []
+    for c in cache:
+        k = _KeptKV()
+        k.keys, k.values = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
+        kept.append(k)
+    rows = mask.shape[2]
+    offset = mx.array([cache[0].offset - rows + 1])
+    return _cls_pass(model, kept, cls, offset, mask)[0]
