@@ -300,3 +300,16 @@ def test_cli_offers_cls_mode_and_refuses_bad_windows(tmp_path: Path) -> None:
     done = _run([*common, "--mode", "clss"])
     assert done.exit_code == 2 and "'clss' is not one of" in done.output
     assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_chat_and_serve_take_the_schedule(cls_head) -> None:
+    from localguard.backends.factory import open_guard_backend
+    from localguard.errors import InputError
+
+    for command in ("chat", "serve"):
+        assert "--cls-schedule [every|periodic|annealed|first]" in _run([command, "--help"]).output
+    model_dir, _, out = cls_head
+    backend = open_guard_backend(model_dir, "mlx", head=out, cls_schedule="periodic", cls_period=3)
+    assert (backend._cls.schedule, backend._cls.period) == ("periodic", 3)
+    with pytest.raises(InputError, match="period of at least 1"):
+        open_guard_backend(model_dir, "mlx", head=out, cls_period=0)
