@@ -313,3 +313,14 @@ def test_chat_and_serve_take_the_schedule(cls_head) -> None:
     assert (backend._cls.schedule, backend._cls.period) == ("periodic", 3)
     with pytest.raises(InputError, match="period of at least 1"):
         open_guard_backend(model_dir, "mlx", head=out, cls_period=0)
+
+
+def test_export_refuses_a_cls_head(cls_head, tmp_path: Path) -> None:
+    model_dir, _, out = cls_head
+    done = _run(
+        ["export", "--model", str(model_dir), "--head", str(out), "--out", str(tmp_path / "g")]
+    )
+    assert (
+        done.exit_code == 2 and "a CLS head (head train --mode cls) cannot be baked" in done.output
+    )
+    assert not (tmp_path / "g").exists()

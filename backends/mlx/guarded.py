@@ -224,7 +224,7 @@ class MLXGuardBackend(GuardBackend):
                 self._cls.begin(list(ids))
             count = hidden.shape[1] if every else 1
             safety = self._cls.verdicts(self.model, self._cache, count)
-            return last + self._hide, mx.array(safety)
+            return last + self._hide, mx.array(safety.astype(np.float32))
         # the last position's safety logits come from the baked rows of this very forward
         safety = (last[self._first :] + self._bias)[None]
         if every and hidden.shape[1] > 1:
