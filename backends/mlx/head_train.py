@@ -1,4 +1,5 @@
-"""Train the explicit safety head in MLX: probe mode (frozen model) and stream mode (with LoRA).
+"""Train the explicit safety head in MLX: probe mode (frozen model), stream mode (with LoRA) and
+cls mode (with LoRA, the head reading a CLS token: localguard/cls_token.py, two passes below).
 
 Both start the same way: the head is fitted as a logistic probe on the frozen model's final
 hidden states (seconds). Stream mode then trains it jointly with LoRA on the same
