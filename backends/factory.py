@@ -40,11 +40,14 @@ def open_guard_backend(
     lora: str | os.PathLike[str] | None = None,
     n_ctx: int = 4096,
     n_threads: int | None = None,
+    cls_schedule: str | None = None,
+    cls_period: int | None = None,
 ) -> GuardBackend:
     """A GGUF file (or a packaged model such as smollm2:135m) with its baked head (llamacpp,
     optionally + a LoRA GGUF), or a model folder, GGUF or hub id + head folder + adapter (mlx). A
     model without a head (no head given, or a GGUF exported without one) serves guard off only.
-    The caller closes the backend."""
+    cls_schedule and cls_period: a CLS head's re-checks (mlx; None: the [guard] defaults). The
+    caller closes the backend."""
     if backend == "llamacpp":
         if adapter or head:
             raise InputError("--adapter and --head are for --backend mlx; a GGUF carries its head")
@@ -58,7 +61,11 @@ def open_guard_backend(
         from localguard.backends.mlx.guarded import MLXGuardBackend
         from localguard.hub import resolve_model
 
+        chosen = {"cls_schedule": cls_schedule, "cls_period": cls_period}
         return MLXGuardBackend.load(
-            resolve_model(model), Path(head) if head else None, Path(adapter) if adapter else None
+            resolve_model(model),
+            Path(head) if head else None,
+            Path(adapter) if adapter else None,
+            **{k: v for k, v in chosen.items() if v is not None},
         )
     raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")

@@ -536,8 +536,8 @@ def import_command(gguf_file: str, out: str, force: bool, dtype: str) -> None:
 
 
 def guarded_model_options(func):
-    """MODEL / --model, --backend, --adapter, --head, --lora, --n-ctx: the guarded model that
-    chat and serve open (open_guarded_model)."""
+    """MODEL / --model, --backend, --adapter, --head, --lora, --n-ctx, --cls-schedule,
+    --cls-period: the guarded model that chat and serve open (open_guarded_model)."""
     decorators = [
         click.argument("model_file", metavar="MODEL", required=False),
         click.option(
@@ -558,6 +558,7 @@ def guarded_model_options(func):
         ),
         click.option("--lora", type=click.Path(dir_okay=False), help="llamacpp: LoRA GGUF file."),
         click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context length."),
+        schema_options("guard", ["cls_schedule", "cls_period"]),  # mlx with a CLS head
     ]
     for decorate in reversed(decorators):
         func = decorate(func)
@@ -579,6 +580,8 @@ def open_guarded_model(options: dict[str, Any]):
         head=options["head"],
         lora=options["lora"],
         n_ctx=options["n_ctx"],
+        cls_schedule=options["cls_schedule"],
+        cls_period=options["cls_period"],
     )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from localguard.data import load_dataset, read_jsonl
-from localguard.encoding import encode_exchange, encode_text, hf_tokenizer
+from localguard.encoding import encode_exchange, encode_text, hf_tokenizer, user_spans
 from localguard.errors import InputError
 
 
@@ -32,6 +32,8 @@ class Conversation:
     response: int  # 0/1 (after truncation: 1 only if the onset survived)
     kind: str = ""
     line: int = 0
+    # [first, end) token ranges of the user's own text in the prompt; empty: the whole prompt
+    query_spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def response_labels(self) -> np.ndarray:
@@ -84,7 +86,9 @@ def encode_conversation(tokenizer, row: dict, max_length: int, where: str = "row
     tokens = tokens[:max_length]
     if onset >= len(tokens):
         onset = -1
-    return Conversation(tokens, start, onset, query, int(onset >= 0), str(row.get("kind", "")))
+    spans = tuple((a, min(b, start)) for a, b in user_spans(tokenizer, messages[:-1]) if a < start)
+    kind = str(row.get("kind", ""))
+    return Conversation(tokens, start, onset, query, int(onset >= 0), kind, query_spans=spans)
 
 
 def onset_token(tokenizer, reply: str, onset_char: int) -> int:

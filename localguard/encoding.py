@@ -50,10 +50,10 @@ def render_pieces(render: Callable[[list[dict]], str], messages: Sequence[dict])
     return out
 
 
-def encode_chat(
-    tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False
-) -> list[int]:
-    """A chat through the model's chat template; message text can never become a control token."""
+def _encode_pieces(
+    tokenizer, messages: Sequence[dict], add_generation_prompt: bool
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """A chat's ids and, per message, the [first, end) range of its text's ids."""
     hf = hf_tokenizer(tokenizer)
 
     def render(marked: list[dict]) -> str:
@@ -62,11 +62,30 @@ def encode_chat(
         )
 
     ids: list[int] = []
+    spans: list[tuple[int, int]] = []
     for text, is_message in render_pieces(render, messages):
+        first = len(ids)
         ids += (
             encode_text(hf, text) if is_message else hf(text, add_special_tokens=False)["input_ids"]
         )
-    return ids
+        if is_message:
+            spans.append((first, len(ids)))
+    return ids, spans
+
+
+def encode_chat(
+    tokenizer, messages: Sequence[dict], add_generation_prompt: bool = False
+) -> list[int]:
+    """A chat through the model's chat template; message text can never become a control token."""
+    return _encode_pieces(tokenizer, messages, add_generation_prompt)[0]
+
+
+def user_spans(tokenizer, messages: Sequence[dict]) -> list[tuple[int, int]]:
+    """[first, end) token ranges of the user messages' own text in the prompt that asks for a
+    reply to `messages` (the template's tokens around them excluded): what a CLS verdict reads
+    as the query (localguard/cls_token.py)."""
+    _, spans = _encode_pieces(tokenizer, messages, add_generation_prompt=True)
+    return [span for span, m in zip(spans, messages, strict=True) if m.get("role") == "user"]
 
 
 def encode_exchange(tokenizer, messages: Sequence[dict]) -> tuple[list[int], int]:

@@ -1,10 +1,10 @@
 """`localguard head train` and `localguard head score`: the explicit safety head as a stage.
 
 train: labeled conversations -> a head fitted on the frozen model (probe mode) or trained with
-LoRA (stream mode), calibrated on a validation split, written with its metrics and a
-reliability diagram. The stream adapter is saved next to the head (adapters.safetensors +
-adapter_config.json, loadable by mlx-lm) but in files of its own. score: the per-token safety
-trace of one conversation.
+LoRA (stream mode; cls mode, where it reads a dedicated CLS token: localguard/cls_token.py),
+calibrated on a validation split, written with its metrics and a reliability diagram. The
+adapter is saved next to the head (adapters.safetensors + adapter_config.json, loadable by
+mlx-lm) but in files of its own. score: the per-token safety trace of one conversation.
 
 --task-data (a recipe's [data] train) adds the user's fine-tuning data as benign conversations
 (query 0, response 0): a seeded valid_fraction of them is held out and counted as negatives
@@ -21,6 +21,7 @@ import click
 import numpy as np
 
 from localguard import __version__, runs
+from localguard.cls_token import ClsRule
 from localguard.conversations import (
     Conversation,
     check_both_classes,
@@ -29,7 +30,7 @@ from localguard.conversations import (
 )
 from localguard.errors import InputError
 from localguard.files import describe, file_sha256, write_json
-from localguard.recipe import schema_field
+from localguard.recipe import SCHEMA, schema_field
 from localguard.safety_head import (
     SafetyHead,
     calibrate,
@@ -37,8 +38,14 @@ from localguard.safety_head import (
     write_head,
 )
 
-MODES = ("stream", "probe")
+MODES = ("stream", "probe", "cls")
 RELIABILITY_FILE = "reliability.png"
+_TOKEN_STATES = {"query": "last prompt token", "response": "every reply token"}
+POSITIONS = {  # where each mode reads its outputs, as head.json records it
+    "stream": _TOKEN_STATES,
+    "probe": _TOKEN_STATES,
+    "cls": {"query": "CLS verdict after the prompt", "response": "CLS verdict after every token"},
+}
 
 
 @dataclass
@@ -51,6 +58,9 @@ class HeadOptions:
     adapter: Path | None = None
     task_data: Path | None = schema_field("head", "task_data")
     mode: str = schema_field("head", "mode")
+    r1: int = schema_field("head", "r1")
+    r2: int = schema_field("head", "r2")
+    r3: int = schema_field("head", "r3")
     gamma: float = schema_field("head", "gamma")
     target_fpr: float = schema_field("head", "target_fpr")
     iters: int = schema_field("head", "iters")
@@ -118,8 +128,23 @@ def _adapter_config(opts: HeadOptions, num_layers: int) -> dict:
     return spec.adapter_config(num_layers)
 
 
-def _train_stream(opts: HeadOptions, model, head: SafetyHead, train, work: Path):
-    """LoRA + head jointly (continuing --adapter when given); returns (head, adapter config)."""
+def _check_options(opts: HeadOptions) -> None:
+    """The mode and cls mode's windows (the CLI's choices do not cover a direct call)."""
+    if opts.mode not in MODES:
+        raise InputError(f"--mode must be one of {', '.join(MODES)}, not {opts.mode!r}")
+    for key in ("r1", "r2", "r3"):
+        low, value = SCHEMA["head"][key].low, getattr(opts, key)
+        if value < low:
+            raise InputError(f"--{key} must be at least {low:g}, not {value}")
+
+
+def _cls_rule(opts: HeadOptions) -> ClsRule | None:
+    return ClsRule(opts.r1, opts.r2, opts.r3) if opts.mode == "cls" else None
+
+
+def _train_joint(opts: HeadOptions, model, head: SafetyHead, train, work: Path):
+    """LoRA + head (+ a CLS head's vector) jointly, continuing --adapter when given; returns
+    (head, adapter config)."""
     from localguard.backends.mlx import head_train as ht
     from localguard.backends.mlx import lora_train as lt
 
@@ -149,7 +174,7 @@ def _train_stream(opts: HeadOptions, model, head: SafetyHead, train, work: Path)
             bar.label = f"head train nll {m['nll']:.3f} bce {m['bce']:.3f}"
             bar.update(1)
 
-        objective = ht.HeadObjective(train, spec, opts.gamma)
+        objective = ht.HeadObjective(train, spec, opts.gamma, _cls_rule(opts))
         lt.run_training(model, objective, spec, work, show, record)
     return ht.detach_head(model, head), _adapter_config(opts, num_layers)
 
@@ -160,8 +185,7 @@ def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> 
     from localguard.backends.mlx import lora_train as lt
     from localguard.fingerprint import model_fingerprint
 
-    if opts.mode not in MODES:
-        raise InputError(f"--mode must be one of {', '.join(MODES)}, not {opts.mode!r}")
+    _check_options(opts)
     model, tokenizer = _load(opts)
     convs = load_conversations(opts.data, tokenizer, opts.max_seq_length)
     train, valid = split(convs, opts.valid_fraction, opts.seed)
@@ -169,11 +193,17 @@ def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> 
     task_train, task_valid = _task_split(opts, tokenizer)
     train = train + task_train
     work = runs.prepare(opts.out, opts.describe(), resume, force)
+    rule = _cls_rule(opts)
+    cls = ht.embedding_mean(model) if rule else None
     with runs.progress_bar(len(train), "head features") as bar:
-        head = ht.fit_probe_head(model, train, opts.seed, bar.update)
+        states_of = ht.state_reader(cls, rule)
+        head = ht.fit_probe_head(model, train, opts.seed, bar.update, states_of)
+    head.cls = cls
+    if rule:
+        head.metadata["cls"] = rule.describe()
     adapter_config = None
-    if opts.mode == "stream":
-        head, adapter_config = _train_stream(opts, model, head, train, work)
+    if opts.mode != "probe":
+        head, adapter_config = _train_joint(opts, model, head, train, work)
     task_traces = ht.traces(model, head, task_valid)
     report = calibrate(head, ht.traces(model, head, valid), valid, opts.target_fpr, task_traces)
     head.metadata.update(
@@ -181,7 +211,7 @@ def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> 
         target_fpr=opts.target_fpr,
         metrics={k: v for k, v in report.items() if k != "reliability"},
         reliability=report["reliability"],
-        positions={"query": "last prompt token", "response": "every reply token"},
+        positions=POSITIONS[opts.mode],
     )
     manifest = {
         "command": "head train",

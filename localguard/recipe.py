@@ -217,9 +217,14 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "mode": _f(
             "str",
             "stream",
-            "stream: joint with LoRA; probe: frozen features",
-            choices=("stream", "probe"),
+            "stream: joint with LoRA; probe: frozen features; cls: a CLS token with LoRA",
+            choices=("stream", "probe", "cls"),
         ),
+        # cls mode's attention windows, in generated tokens (the explicit-safety-signal
+        # authors' defaults; localguard/cls_token.py)
+        "r1": _f("int", 5, "cls: first tokens read after a malicious query verdict", low=1),
+        "r2": _f("int", 15, "cls: last tokens read while benign; before a turning point", low=1),
+        "r3": _f("int", 10, "cls: tokens read after a turning point", low=0),
         "gamma": _f("float", 0.1, "weight of the classification loss", low=0.0),
         "target_fpr": _f(
             "float", 0.05, "false-positive rate the threshold is set for", low=0.0, high=0.5
@@ -284,6 +289,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
             high=32,
         ),
         "refusal_prefix": _f("str", REFUSAL_PREFIX, "text forced when the guard refuses"),
+        # a CLS head's re-classification schedule (mlx; localguard/cls_token.py: due)
+        "cls_schedule": _f(
+            "str",
+            "every",
+            "CLS head: verdicts every step, every cls_period steps, annealed, or first only",
+            choices=("every", "periodic", "annealed", "first"),
+        ),
+        "cls_period": _f(
+            "int", 4, "CLS head: steps between re-checks (periodic), scale of annealed", low=1
+        ),
         "temperature": _f("float", 0.0, "sampling temperature", low=0.0, high=5.0),
         "top_p": _f("float", 1.0, "nucleus sampling", low=0.0, high=1.0),
         "top_k": _f("int", 0, "top-k sampling (0: off)", low=0),

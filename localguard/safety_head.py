@@ -8,8 +8,11 @@ of a GGUF. numpy only; backends/mlx/head_train.py computes hidden states and tra
 Outputs: "query" (is the request malicious?), read at the last prompt token, and "response"
 (is what has been generated so far harmful?), read at every generated token.
 
-A head folder holds head.safetensors (weight K x D, bias K) and head.json (output names,
-thresholds, calibration, metrics, hidden size and the base model's fingerprint).
+A CLS head (localguard/cls_token.py) reads a dedicated token's state instead and keeps that
+token's input vector with its rows.
+
+A head folder holds head.safetensors (weight K x D, bias K, and a CLS head's cls D) and head.json
+(output names, thresholds, calibration, metrics, hidden size and the base model's fingerprint).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class SafetyHead:
     bias: np.ndarray  # (K,) float32
     thresholds: np.ndarray  # (K,) in logit units
     metadata: dict = field(default_factory=dict)
+    cls: np.ndarray | None = None  # (D,) a CLS head's input vector (localguard/cls_token.py)
 
     @property
     def hidden_size(self) -> int:
@@ -168,6 +172,8 @@ def write_head(head: SafetyHead, folder: Path, manifest: dict) -> None:
     from safetensors.numpy import save_file
 
     tensors = {"weight": head.weight.astype(np.float32), "bias": head.bias.astype(np.float32)}
+    if head.cls is not None:
+        tensors["cls"] = np.asarray(head.cls, np.float32)
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"kind": HEAD_KIND})
     info = {
         "kind": HEAD_KIND,
@@ -214,11 +220,14 @@ def load_head(path: Path) -> SafetyHead:
     for name, shape in (("weight", (k, hidden)), ("bias", (k,))):
         if name not in tensors or tensors[name].shape != shape:
             raise InputError(f"{weights}: tensor {name!r} missing or not of shape {shape}")
+    if "cls" in tensors and tensors["cls"].shape != (hidden,):
+        raise InputError(f"{weights}: tensor 'cls' is not of shape {(hidden,)}")
     if thresholds.shape != (k,):
         raise InputError(f"{folder / MANIFEST_FILE}: {k} outputs but {len(thresholds)} thresholds")
     meta = {key: v for key, v in info.items() if key not in ("kind", "format", "names")}
     meta["path"] = str(folder)
-    return SafetyHead(names, tensors["weight"], tensors["bias"], thresholds, meta)
+    cls = tensors.get("cls")
+    return SafetyHead(names, tensors["weight"], tensors["bias"], thresholds, meta, cls)
 
 
 def config_hidden_size(model_dir: Path) -> int:

@@ -12,6 +12,13 @@ pass before handing the step to the Guard, so the device computes while Python j
 Guard then picks that very draw (it always does, unless it added a logit bias or forces tokens),
 the next `feed` finds the work done; otherwise the step ahead is dropped from the cache.
 
+A CLS head (head train --mode cls, localguard/cls_token.py) is not baked: after each forward
+step its verdicts come from a CLS pass over the KV cache (one row per fed token, at the position
+the next token takes, reading the query and the rule's window), taken on the chosen
+re-classification schedule; a token between re-checks carries the last verdict. The first feed
+after a reset is the prompt: its user text is the query when it came from encode_chat, else
+the whole prompt is. CLS mode keeps a plain KV cache on every block and does not draw ahead.
+
     backend = MLXGuardBackend.load(model_dir, head_dir)
     result = localguard.guard.generate(backend, [{"role": "user", "content": "Hi"}])
 """
@@ -25,15 +32,22 @@ from typing import NamedTuple
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import (
+    KVCache,
+    can_trim_prompt_cache,
+    make_prompt_cache,
+    trim_prompt_cache,
+)
 from mlx_lm.sample_utils import make_sampler
 
 from localguard.backends.base import GuardBackend, HeadInfo, Sampler, Sampling, Step
 from localguard.backends.mlx import loading
-from localguard.backends.mlx.head_train import bake_head
+from localguard.backends.mlx.head_train import bake_head, cache_cls_states
 from localguard.backends.mlx.hidden import hidden_size, language_model, output_logits
-from localguard.encoding import encode_chat, encode_text, hf_tokenizer
+from localguard.cls_token import SCHEDULES, LiveVerdicts, head_rule, rows_mask
+from localguard.encoding import encode_chat, encode_text, hf_tokenizer, user_spans
 from localguard.errors import InputError
+from localguard.recipe import default
 from localguard.safety_head import SafetyHead, check_head_matches, load_head
 
 ADAPTER_FILE = "adapters.safetensors"
@@ -63,26 +77,82 @@ class _Ahead(NamedTuple):
     drawn_from: np.ndarray  # the host logits the Guard will sample from (checked by identity)
 
 
+class _ClsReader:
+    """A CLS head's verdicts during generation (see the module docstring)."""
+
+    def __init__(self, head: SafetyHead, schedule: str, period: int) -> None:
+        q, r = head.index("query"), head.index("response")
+        self.rule, self.schedule, self.period = head_rule(head), schedule, period
+        self.outputs = (q, r)
+        self.thresholds = (float(head.thresholds[q]), float(head.thresholds[r]))
+        self.cls = mx.array(np.asarray(head.cls, np.float32))
+        self.rows = mx.array(np.asarray(head.weight, np.float32))
+        self.bias = mx.array(np.asarray(head.bias, np.float32))
+        self.live: LiveVerdicts | None = None
+        self.prompt: tuple[tuple[int, ...], list[tuple[int, int]]] | None = None
+
+    def begin(self, prompt: list[int]) -> None:
+        """The prompt's state: its query positions, the reply starting after it."""
+        spans = self.prompt[1] if self.prompt and self.prompt[0] == tuple(prompt) else []
+        spans = spans or [(0, len(prompt))]
+        query = np.concatenate([np.arange(a, b) for a, b in spans]).astype(np.int64)
+        self.live = LiveVerdicts(
+            self.rule, query, len(prompt), self.outputs, self.thresholds, self.schedule, self.period
+        )
+
+    def verdicts(self, model: nn.Module, cache: list, count: int) -> np.ndarray:
+        """(count, K) verdicts after each of the last `count` tokens in the cache; nan for a
+        prompt token before the last (no verdict is taken inside the prompt)."""
+        live = self.live
+        length = cache[0].offset
+        first = length - count + 1 - live.start  # reply tokens read by the first row
+        if first < 0:
+            inside = np.full((-first, self.rows.shape[0]), np.nan)
+            return np.concatenate([inside, self.verdicts(model, cache, count + first)])
+        windows = live.windows(first, count)
+        mask = mx.array(rows_mask(live.query, live.start, windows, length, count)[None, None])
+        dtype = cache[0].keys.dtype
+        states = cache_cls_states(model, cache, self.cls.astype(dtype), mask)
+        logits = np.array((states.astype(mx.float32) @ self.rows.T) + self.bias, np.float64)
+        return np.stack([live.take(first + i, row) for i, row in enumerate(logits)])
+
+
 class MLXGuardBackend(GuardBackend):
     """One mlx-lm model with a baked safety head and one sequence in its KV cache."""
 
-    def __init__(self, model: nn.Module, tokenizer, head: SafetyHead | None) -> None:
-        """head None: a model without a safety head (no rows; the guard can only be off)."""
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        head: SafetyHead | None,
+        cls_schedule: str = default("guard", "cls_schedule"),
+        cls_period: int = default("guard", "cls_period"),
+    ) -> None:
+        """head None: a model without a safety head (no rows; the guard can only be off). A CLS
+        head's verdicts are re-checked on cls_schedule (localguard/cls_token.py: due)."""
         self.model, self.tokenizer = model, tokenizer
         self._hf = hf_tokenizer(tokenizer)
         if getattr(model, "_localguard_head_baked", False):
             raise InputError("this model already has a safety head baked in; load it afresh")
-        if head is None:
+        if cls_schedule not in SCHEDULES or cls_period < 1:
+            raise InputError(
+                f"the CLS schedule must be one of {', '.join(SCHEDULES)} with a period of at "
+                f"least 1, not {cls_schedule!r} every {cls_period}"
+            )
+        self._cls = None
+        if head is not None and head.cls is not None:
+            self._cls = _ClsReader(head, cls_schedule, cls_period)
+        if head is None or self._cls is not None:
             d = hidden_size(model)
             first = int(output_logits(model, mx.zeros((1, 1, d))).shape[-1])
             none = np.zeros(0, np.float32)
-            head = SafetyHead([], np.zeros((0, d), np.float32), none, none)
+            head = head or SafetyHead([], np.zeros((0, d), np.float32), none, none)
         else:
             first = bake_head(model, head)  # in place: the model now has K more output rows
             model._localguard_head_baked = True
-        k = len(head.names)
+        k = 0 if self._cls else len(head.names)  # rows in the output matrix
         self._first = first
-        hide = np.zeros(first + len(head.names), np.float32)
+        hide = np.zeros(first + k, np.float32)
         hide[first:] = -np.inf
         self._hide = mx.array(hide)  # added to the logits: the safety rows at -inf
         self._bias = mx.array(np.asarray(head.bias, np.float32))
@@ -98,18 +168,26 @@ class MLXGuardBackend(GuardBackend):
         )
         self.eos_ids = frozenset(int(t) for t in tokenizer.eos_token_ids)
         self._tokens: list[int] = []
-        self._cache = make_prompt_cache(model)
+        self._cache = self._new_cache()
         self._draw: Callable[[mx.array], mx.array] | None = None  # the active run's sampler
         self._ahead: _Ahead | None = None
 
     @classmethod
     def load(
-        cls, model_dir: Path, head_dir: Path | None, adapter: Path | None = None
+        cls, model_dir: Path, head_dir: Path | None, adapter: Path | None = None, **cls_options
     ) -> MLXGuardBackend:
-        """head_dir None: the model (+ adapter) alone, for guard-off generation."""
+        """head_dir None: the model (+ adapter) alone, for guard-off generation; cls_options:
+        cls_schedule and cls_period, for a CLS head."""
         if head_dir is not None:
-            return cls(*load_with_head(model_dir, head_dir, adapter))
+            return cls(*load_with_head(model_dir, head_dir, adapter), **cls_options)
         return cls(*load_model(model_dir, adapter), None)
+
+    def _new_cache(self) -> list:
+        """mlx-lm's prompt cache; for a CLS head a plain KVCache on every block, which keeps
+        every position the CLS pass reads (the blocks' masks keep their sliding windows)."""
+        if self._cls is None:
+            return make_prompt_cache(self.model)
+        return [KVCache() for _ in language_model(self.model).model.layers]
 
     # --- text ---
 
@@ -117,7 +195,10 @@ class MLXGuardBackend(GuardBackend):
         return encode_text(self._hf, text)
 
     def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True):
-        return encode_chat(self._hf, messages, add_generation_prompt)
+        ids = encode_chat(self._hf, messages, add_generation_prompt)
+        if self._cls is not None and add_generation_prompt:  # the query a prompt feed reads
+            self._cls.prompt = (tuple(ids), user_spans(self._hf, messages))
+        return ids
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self._hf.decode([int(t) for t in tokens], skip_special_tokens=True)
@@ -125,7 +206,7 @@ class MLXGuardBackend(GuardBackend):
     # --- the sequence ---
 
     def reset(self) -> None:
-        self._cache = make_prompt_cache(self.model)
+        self._cache = self._new_cache()
         self._tokens = []
         self._draw = self._ahead = None
 
@@ -138,6 +219,12 @@ class MLXGuardBackend(GuardBackend):
         """(masked next-token logits, safety logits) of ids appended to the cache, lazily."""
         hidden = self._forward(ids)
         last = output_logits(self.model, hidden[:, -1:, :])[0, 0].astype(mx.float32)
+        if self._cls is not None:
+            if not self._tokens:
+                self._cls.begin(list(ids))
+            count = hidden.shape[1] if every else 1
+            safety = self._cls.verdicts(self.model, self._cache, count)
+            return last + self._hide, mx.array(safety.astype(np.float32))
         # the last position's safety logits come from the baked rows of this very forward
         safety = (last[self._first :] + self._bias)[None]
         if every and hidden.shape[1] > 1:
@@ -160,7 +247,7 @@ class MLXGuardBackend(GuardBackend):
             self._drop_ahead()
             masked, safety = self._outputs(ids, every)
         # (the cache's new entries are inputs of these outputs, so they are evaluated too)
-        if self._draw is not None and ids[-1] not in self.eos_ids and self._can_trim():
+        if self._draw is not None and ids[-1] not in self.eos_ids and self._draws_ahead():
             token = self._draw(masked)
             mx.async_eval(token)  # on its own, so that reading it waits for this step only
             nxt = self._outputs(token, every=True)
@@ -176,6 +263,10 @@ class MLXGuardBackend(GuardBackend):
     def _can_trim(self) -> bool:
         return can_trim_prompt_cache(self._cache)
 
+    def _draws_ahead(self) -> bool:
+        """Not for a CLS head: its next verdicts depend on the Guard's reading of this one."""
+        return self._cls is None and self._can_trim()
+
     def _drop_ahead(self) -> None:
         """Remove the queued step's token, if any, from the cache (rebuild it where it cannot
         be trimmed)."""
@@ -188,7 +279,7 @@ class MLXGuardBackend(GuardBackend):
     def _rebuild(self, kept: list[int]) -> None:
         """A fresh cache holding kept (for a cache that cannot be trimmed, e.g. a rotating
         cache that has wrapped)."""
-        self._cache, self._tokens = make_prompt_cache(self.model), []
+        self._cache, self._tokens = self._new_cache(), []
         if kept:
             self._forward(kept)
             mx.eval([c.state for c in self._cache])
@@ -208,6 +299,8 @@ class MLXGuardBackend(GuardBackend):
         if drop == 0:
             return
         kept = self._tokens[:length]
+        if self._cls is not None and self._cls.live is not None:
+            self._cls.live.rewind(length - self._cls.live.start)
         if self._can_trim():
             trimmed = trim_prompt_cache(self._cache, drop)
             if trimmed != drop:

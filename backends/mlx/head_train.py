@@ -1,4 +1,5 @@
-"""Train the explicit safety head in MLX: probe mode (frozen model) and stream mode (with LoRA).
+"""Train the explicit safety head in MLX: probe mode (frozen model), stream mode (with LoRA) and
+cls mode (with LoRA, the head reading a CLS token: localguard/cls_token.py, two passes below).
 
 Both start the same way: the head is fitted as a logistic probe on the frozen model's final
 hidden states (seconds). Stream mode then trains it jointly with LoRA on the same
@@ -17,14 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+from mlx_lm.models.base import create_causal_mask
 
 from localguard.backends.mlx import lora_train as lt
-from localguard.backends.mlx.hidden import final_hidden, hidden_size, output_logits
+from localguard.backends.mlx.hidden import (
+    final_hidden,
+    hidden_size,
+    language_model,
+    output_logits,
+)
+from localguard.cls_token import ClsRule, cls_mask, head_rule, verdict_count
 from localguard.conversations import Conversation
 from localguard.probe import STD_FLOOR
 from localguard.safety_head import OUTPUTS, SafetyHead
@@ -66,11 +75,21 @@ def reply_states(
 def traces(
     model: nn.Module, head: SafetyHead, convs: Sequence[Conversation], batch_size: int = 16
 ) -> list[np.ndarray]:
-    """The head's logits at positions start - 1 .. len - 1 of each conversation."""
+    """The head's logits at positions start - 1 .. len - 1 of each conversation (a CLS head's:
+    its verdicts after 0 .. n reply tokens, the same rows)."""
     out: list[np.ndarray] = [np.zeros(0)] * len(convs)
-    for i, states in reply_states(model, convs, batch_size):
+    for i, states in state_reader(head.cls, head_rule(head))(model, convs, batch_size):
         out[i] = head.logits(states)
     return out
+
+
+StateReader = Callable[..., Iterator[tuple[int, np.ndarray]]]
+
+
+def state_reader(cls: np.ndarray | None, rule: ClsRule | None) -> StateReader:
+    """reply_states, or cls_states for a CLS vector and its rule: (model, convs, batch_size,
+    progress) -> (index, (n + 1, D) states) per conversation."""
+    return reply_states if cls is None else partial(cls_states, cls=cls, rule=rule)
 
 
 def _sample_positions(conv: Conversation, rng: np.random.Generator) -> np.ndarray:
@@ -102,11 +121,13 @@ def fit_probe_head(
     convs: Sequence[Conversation],
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    states_of: StateReader = reply_states,
 ) -> SafetyHead:
-    """Query and response rows fitted on the frozen model's final hidden states (uncalibrated)."""
+    """Query and response rows fitted on the frozen model's final hidden states (uncalibrated;
+    a CLS head's on its CLS states: states_of = state_reader(cls, rule))."""
     rng = np.random.default_rng(seed)
     query_x, query_y, resp_x, resp_y = [], [], [], []
-    for i, states in reply_states(model, convs, progress=progress):
+    for i, states in states_of(model, convs, progress=progress):
         conv = convs[i]
         query_x.append(states[0])
         query_y.append(conv.query)
@@ -152,12 +173,8 @@ def _bce(logits: mx.array, labels: mx.array, mask: mx.array) -> mx.array:
     return (loss * mask).sum() / mx.maximum(mask.sum(), 1.0)
 
 
-def head_loss(
-    model: nn.Module, batch: HeadBatch, gamma: float
-) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """(loss, SFT target tokens, SFT NLL, BCE): SFT on benign replies + gamma * BCE of both
-    outputs at their positions (see localguard/conversations.py)."""
-    hidden = final_hidden(model, batch.tokens)
+def _sft(model: nn.Module, hidden: mx.array, batch: HeadBatch) -> tuple[mx.array, mx.array]:
+    """(SFT target tokens, their mean NLL): the benign replies' tokens."""
     logits = output_logits(model, hidden[:, :-1]).astype(mx.float32)
     targets = batch.tokens[:, 1:]
     pos = mx.arange(1, targets.shape[1] + 1)[None, :]
@@ -166,40 +183,79 @@ def head_loss(
     lse = mx.logsumexp(logits, axis=-1)
     nll = lse - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
     tokens = sft_mask.sum()
-    nll_mean = (nll * sft_mask).sum() / mx.maximum(tokens, 1.0)
+    return tokens, (nll * sft_mask).sum() / mx.maximum(tokens, 1.0)
 
-    safety = getattr(model, lt.HEAD_MODULE)(hidden).astype(mx.float32)
-    j = mx.arange(batch.tokens.shape[1])[None, :]
-    inside = j < batch.lengths[:, None]
-    query_mask = ((j >= batch.starts[:, None] - 1) & inside).astype(mx.float32)
-    reply_mask = ((j >= batch.starts[:, None]) & inside).astype(mx.float32)
-    query_labels = mx.broadcast_to(batch.queries[:, None], query_mask.shape)
-    reply_labels = (j >= batch.onsets[:, None]).astype(mx.float32)
-    bce = (
+
+def _outputs_bce(
+    safety: mx.array, first: mx.array, end: mx.array, onset: mx.array, queries: mx.array
+) -> mx.array:
+    """Mean BCE of the two outputs over rows j of safety (B, J, 2): the query output at rows
+    first .. end - 1 (its label every row), the response output at rows first + 1 .. end - 1,
+    labeled 1 from row onset on."""
+    j = mx.arange(safety.shape[1])[None, :]
+    inside = j < end[:, None]
+    query_mask = ((j >= first[:, None]) & inside).astype(mx.float32)
+    reply_mask = ((j > first[:, None]) & inside).astype(mx.float32)
+    query_labels = mx.broadcast_to(queries[:, None], query_mask.shape)
+    reply_labels = (j >= onset[:, None]).astype(mx.float32)
+    return (
         _bce(safety[..., 0], query_labels, query_mask)
         + _bce(safety[..., 1], reply_labels, reply_mask)
     ) / 2
+
+
+def head_loss(
+    model: nn.Module, batch: HeadBatch, gamma: float
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """(loss, SFT target tokens, SFT NLL, BCE): SFT on benign replies + gamma * BCE of both
+    outputs at their positions (see localguard/conversations.py)."""
+    hidden = final_hidden(model, batch.tokens)
+    tokens, nll_mean = _sft(model, hidden, batch)
+    safety = getattr(model, lt.HEAD_MODULE)(hidden).astype(mx.float32)
+    bce = _outputs_bce(safety, batch.starts - 1, batch.lengths, batch.onsets, batch.queries)
+    return nll_mean + gamma * bce, tokens, nll_mean, bce
+
+
+def cls_loss(
+    model: nn.Module, batch: HeadBatch, mask: mx.array, gamma: float
+) -> tuple[mx.array, mx.array, mx.array, mx.array]:
+    """head_loss for CLS mode: SFT from the tokens' pass, BCE of the head on the CLS verdicts
+    (row t: after t reply tokens) from the CLS pass."""
+    hidden, kept = _token_pass(model, batch.tokens)
+    tokens, nll_mean = _sft(model, hidden, batch)
+    layer = getattr(model, lt.HEAD_MODULE)
+    states = _cls_pass(model, kept, layer.cls.astype(hidden.dtype), batch.starts, mask)
+    safety = layer(states).astype(mx.float32)
+    first = mx.zeros_like(batch.starts)
+    rows = batch.starts - 1  # token j is verdict row j - rows
+    bce = _outputs_bce(safety, first, batch.lengths - rows, batch.onsets - rows, batch.queries)
     return nll_mean + gamma * bce, tokens, nll_mean, bce
 
 
 @dataclass
 class HeadObjective:
-    """Stream-mode training of LoRA + head for lora_train.run_training."""
+    """Stream- or CLS-mode training of LoRA + head for lora_train.run_training."""
 
     convs: Sequence[Conversation]
     spec: lt.TrainSpec
     gamma: float
+    rule: ClsRule | None = None  # CLS mode's windows; None: stream mode
     state: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lengths = np.array([min(len(c.tokens), self.spec.max_seq_length) for c in self.convs])
 
-    def loss(self, model: nn.Module, batch: HeadBatch):
-        return head_loss(model, batch, self.gamma)
+    def loss(self, model: nn.Module, batch: HeadBatch, mask: mx.array | None = None):
+        if mask is None:
+            return head_loss(model, batch, self.gamma)
+        return cls_loss(model, batch, mask, self.gamma)
 
     def inputs(self, model: nn.Module, index: int, rows: np.ndarray, mine: slice):
-        batch = head_batch([self.convs[i] for i in rows[mine]], self.spec.max_seq_length)
-        return (batch,), np.zeros(0)
+        convs = [self.convs[i] for i in rows[mine]]
+        batch = head_batch(convs, self.spec.max_seq_length)
+        if self.rule is None:
+            return (batch,), np.zeros(0)
+        return (batch, cls_masks(convs, self.rule, batch.tokens.shape[1])), np.zeros(0)
 
     def metrics(self, sums: np.ndarray, host: np.ndarray, micro: int, size: int) -> dict:
         nll, bce = sums
@@ -210,10 +266,13 @@ class HeadObjective:
 
 
 def attach_head(model: nn.Module, head: SafetyHead) -> None:
-    """Make the head a trainable submodule, so it gets gradients with the LoRA layers."""
+    """Make the head a trainable submodule, so it gets gradients with the LoRA layers (a CLS
+    head's input vector with it)."""
     layer = nn.Linear(hidden_size(model), len(head.names))
     layer.weight = mx.array(head.weight)
     layer.bias = mx.array(head.bias)
+    if head.cls is not None:
+        layer.cls = mx.array(head.cls)
     setattr(model, lt.HEAD_MODULE, layer)
 
 
@@ -222,8 +281,129 @@ def detach_head(model: nn.Module, like: SafetyHead) -> SafetyHead:
     layer = getattr(model, lt.HEAD_MODULE)
     weight = np.array(layer.weight.astype(mx.float32))
     bias = np.array(layer.bias.astype(mx.float32))
+    cls = np.array(layer.cls.astype(mx.float32)) if "cls" in layer else None
     model.pop(lt.HEAD_MODULE)
-    return SafetyHead(list(like.names), weight, bias, np.zeros(len(like.names)))
+    names, thresholds = list(like.names), np.zeros(len(like.names))
+    return SafetyHead(names, weight, bias, thresholds, dict(like.metadata), cls)
+
+
+# --- cls mode: two passes --------------------------------------------------------------------
+# mlx-lm's blocks take their mask from cache.make_mask and their rotary offset from
+# cache.offset, so a cache object per block is all it takes to run the CLS rows: the tokens'
+# pass keeps every block's keys and values; the CLS pass puts verdict row t at position
+# start + t, lets it read those keys and its own through the rule's mask, and stores nothing.
+
+
+class _KeptKV:
+    """The tokens' pass cache for one block: keeps its keys and values (causal, offset 0)."""
+
+    offset = 0
+
+    def __init__(self) -> None:
+        self.keys = self.values = None
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None):
+        if return_array or (window_size and n > window_size):
+            return create_causal_mask(n, window_size=window_size)
+        return "causal"
+
+
+class _ClsKV:
+    """The CLS pass cache for one block: rows at offset + t over the kept keys and their own
+    (the rule's mask on every block, sliding-window ones included)."""
+
+    def __init__(self, kept: _KeptKV, offset: mx.array, mask: mx.array) -> None:
+        self.kept, self.offset, self.mask = kept, offset, mask
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        keys = mx.concatenate([self.kept.keys, keys], axis=2)
+        return keys, mx.concatenate([self.kept.values, values], axis=2)
+
+    def make_mask(self, n: int, return_array: bool = False, window_size: int | None = None):
+        return self.mask
+
+
+class _ClsInput(nn.Module):
+    """Stands in for the input embedding during the CLS pass: every row is the CLS vector."""
+
+    def __init__(self, vector: mx.array) -> None:
+        super().__init__()
+        self._vector = [vector]  # in a list: not a parameter of this stand-in
+
+    def __call__(self, ids: mx.array) -> mx.array:
+        vector = self._vector[0]
+        return mx.broadcast_to(vector, (*ids.shape, vector.shape[-1]))
+
+
+def _token_pass(model: nn.Module, tokens: mx.array) -> tuple[mx.array, list[_KeptKV]]:
+    """Final hidden states of the tokens (exactly final_hidden's) and every block's keys."""
+    inner = language_model(model).model
+    kept = [_KeptKV() for _ in inner.layers]
+    return inner(tokens, cache=kept), kept
+
+
+def _cls_pass(
+    model: nn.Module, kept: list[_KeptKV], cls: mx.array, starts: mx.array, mask: mx.array
+) -> mx.array:
+    """Final CLS states (B, V, D) of verdict rows 0 .. V - 1 under mask (B, 1, V, W + V)."""
+    inner = language_model(model).model
+    caches = [_ClsKV(k, starts, mask) for k in kept]
+    embed = inner.embed_tokens
+    inner.embed_tokens = _ClsInput(cls)
+    try:
+        return inner(mx.zeros(mask.shape[::2], mx.int32), cache=caches)
+    finally:
+        inner.embed_tokens = embed
+
+
+def cls_masks(convs: Sequence[Conversation], rule: ClsRule, width: int) -> mx.array:
+    """(B, 1, V, width + V) masks of a batch, V the most verdicts rounded up for the compiler."""
+    rows = max(verdict_count(c) for c in convs)
+    rows = -(-rows // lt.PAD_MULTIPLE) * lt.PAD_MULTIPLE
+    return mx.array(np.stack([cls_mask(c, rule, width, rows) for c in convs])[:, None])
+
+
+def cls_states(
+    model: nn.Module,
+    convs: Sequence[Conversation],
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+    *,
+    cls: np.ndarray,
+    rule: ClsRule,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """reply_states for CLS mode: (index, final CLS states of the verdicts after 0 .. n reply
+    tokens) for each conversation, in length-sorted batches."""
+    order = sorted(range(len(convs)), key=lambda i: len(convs[i].tokens))
+    for first in range(0, len(order), batch_size):
+        chosen = order[first : first + batch_size]
+        batch = [convs[i] for i in chosen]
+        tokens = mx.array(_padded(batch))
+        hidden, kept = _token_pass(model, tokens)
+        mask = cls_masks(batch, rule, tokens.shape[1])
+        starts = mx.array([c.start for c in batch])
+        states = _cls_pass(model, kept, mx.array(cls).astype(hidden.dtype), starts, mask)
+        states = np.array(states.astype(mx.float32))
+        for row, i in enumerate(chosen):
+            yield i, states[row, : verdict_count(convs[i])]
+        if progress is not None:
+            progress(len(chosen))
+
+
+def embedding_mean(model: nn.Module, chunk: int = 4096) -> np.ndarray:
+    """The mean input embedding: a new token's starting vector (the CLS token's)."""
+    embed = language_model(model).model.embed_tokens
+    count = getattr(embed, "num_embeddings", None) or embed.weight.shape[0]
+    total = mx.zeros((hidden_size(model),), mx.float32)
+    for first in range(0, count, chunk):
+        ids = mx.arange(first, min(count, first + chunk))
+        total = total + embed(ids).astype(mx.float32).sum(axis=0)
+        mx.eval(total)
+    return np.array(total / count)
 
 
 # --- baked rows -------------------------------------------------------------------------------
@@ -247,3 +427,17 @@ def bake_head(model: nn.Module, head: SafetyHead) -> int:
     first = layer.weight.shape[0]
     layer.weight = mx.concatenate([layer.weight, rows], axis=0)
     return first
+
+
+def cache_cls_states(model: nn.Module, cache: list, cls: mx.array, mask: mx.array) -> mx.array:
+    """CLS states (V, D) over a generation's KV caches (mlx-lm KVCache, one per block) of L
+    tokens: rows at positions L - V + 1 .. L, the verdicts after the last V tokens, under mask
+    (1, 1, V, L + V). The caches are read, never written."""
+    kept = []
+    for c in cache:
+        k = _KeptKV()
+        k.keys, k.values = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
+        kept.append(k)
+    rows = mask.shape[2]
+    offset = mx.array([cache[0].offset - rows + 1])
+    return _cls_pass(model, kept, cls, offset, mask)[0]

@@ -117,6 +117,8 @@ def resolve_inputs(opts: ExportOptions) -> Inputs:
     if opts.head is not None:
         head = load_head(Path(opts.head))
         check_head_matches(head, model)
+        if head.cls is not None:  # its rows read a CLS token's state, not the LM head's input
+            raise InputError(f"{opts.head}: a CLS head (head train --mode cls) cannot be baked")
         manifest = head.metadata.get("manifest") or {}
         own = manifest.get("adapter")
         base_adapter = manifest.get("base_adapter")
