@@ -429,7 +429,13 @@ def test_skipped_categories_are_left_out_case_insensitively(model: Path, tmp_pat
     benign.write_text(json.dumps({"prompt": BENIGN[0]}) + "\n")
     out = tmp_path / "labeled.jsonl"
     args = cli_args(
-        model, (harmbench, benign), out, "--skip-category", "Copyright", "--skip-category", "CONTEXTUAL"
+        model,
+        (harmbench, benign),
+        out,
+        "--skip-category",
+        "Copyright",
+        "--skip-category",
+        "CONTEXTUAL",
     )
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
