@@ -252,10 +252,26 @@ def input_digest(value: str, produced: dict[str, str]) -> str:
     return value
 
 
+GUARD_KEYS_READ = {
+    "starter": (),
+    "label": ("refusal_prefix",),
+    "attack": ("refusal_prefix",),
+    "export": ("tau", "refusal_prefix"),
+    "align": (),
+    "probe": (),
+    "finetune": (),
+    "head": (),
+}
+"""The [guard] values each stage's executor reads; a stage not named reads the whole section
+(eval). A new guard option then leaves the training stages' keys, and their results, alone."""
+
+
 def stage_key(stage: Stage, recipe: Recipe, produced: dict[str, str]) -> str:
     """A hash of everything a stage's result depends on: its settings, its inputs' contents
     (adapters included) and the run-wide values the executors read (seed, sequence length,
-    guard settings)."""
+    the guard settings it reads)."""
+    guard = recipe["guard"]
+    read = GUARD_KEYS_READ.get(stage.name, tuple(guard))
     data = {
         "name": stage.name,
         "settings": stage.settings,
@@ -263,7 +279,7 @@ def stage_key(stage: Stage, recipe: Recipe, produced: dict[str, str]) -> str:
         "context": {
             "seed": recipe["run"]["seed"],
             "max_seq_length": recipe["data"]["max_seq_length"],
-            "guard": recipe["guard"],
+            "guard": {k: guard[k] for k in read},
         },
     }
     if stage.adapters:  # the eval stage's adapters by risk; a stage without any keeps its key

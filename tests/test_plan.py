@@ -53,6 +53,24 @@ def test_stage_key_follows_the_adapters(tmp_path: Path) -> None:
     assert runner.stage_key(ev, recipe, produced) != key
 
 
+def test_stage_keys_follow_only_the_guard_values_each_stage_reads(tmp_path: Path) -> None:
+    """A guard option the training stages never read (a new one, or max_tokens) keeps their
+    results; the refusal prefix, which label and export write into their outputs, does not."""
+    stages = {s.name: s for s in build_plan(_recipe(tmp_path))}
+    assert set(runner.GUARD_KEYS_READ) <= set(runner.executors())
+
+    def keys(*overrides: str) -> dict[str, str]:
+        recipe = _recipe(tmp_path, *overrides)
+        return {name: runner.stage_key(s, recipe, {}) for name, s in stages.items()}
+
+    base = keys()
+    tokens = keys("guard.max_tokens=7")
+    assert {n for n in base if tokens[n] != base[n]} == {"eval"}
+    prefix = keys("guard.refusal_prefix='No.'")
+    assert {"export", "eval"} <= {n for n in base if prefix[n] != base[n]}
+    assert prefix["finetune"] == base["finetune"] and prefix["head"] == base["head"]
+
+
 def test_model_dir_builds_the_starter_world_with_the_run_seed(monkeypatch, tmp_path) -> None:
     built = []
 
