@@ -46,26 +46,29 @@ def open_guard_backend(
     """A GGUF file (or a packaged model such as smollm2:135m) with its baked head (llamacpp,
     optionally + a LoRA GGUF), or a model folder, GGUF or hub id + head folder + adapter (mlx). A
     model without a head (no head given, or a GGUF exported without one) serves guard off only.
-    cls_schedule and cls_period: a CLS head's re-checks (mlx; None: the [guard] defaults). The
+    cls_schedule and cls_period: a CLS head's re-checks (None: the [guard] defaults). The
     caller closes the backend."""
+    chosen = {"cls_schedule": cls_schedule, "cls_period": cls_period}
+    cls_options = {k: v for k, v in chosen.items() if v is not None}
     if backend == "llamacpp":
         if adapter or head:
             raise InputError("--adapter and --head are for --backend mlx; a GGUF carries its head")
         from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
 
         path = model_file(str(model)) if is_packaged(str(model)) else Path(model).expanduser()
-        return LlamaCppGuardBackend.load(path, Path(lora) if lora else None, n_ctx, n_threads)
+        return LlamaCppGuardBackend.load(
+            path, Path(lora) if lora else None, n_ctx, n_threads, **cls_options
+        )
     if backend == "mlx":
         if lora:
             raise InputError("--lora is for --backend llamacpp; use --adapter with mlx")
         from localguard.backends.mlx.guarded import MLXGuardBackend
         from localguard.hub import resolve_model
 
-        chosen = {"cls_schedule": cls_schedule, "cls_period": cls_period}
         return MLXGuardBackend.load(
             resolve_model(model),
             Path(head) if head else None,
             Path(adapter) if adapter else None,
-            **{k: v for k, v in chosen.items() if v is not None},
+            **cls_options,
         )
     raise InputError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")

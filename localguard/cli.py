@@ -558,7 +558,7 @@ def guarded_model_options(func):
         ),
         click.option("--lora", type=click.Path(dir_okay=False), help="llamacpp: LoRA GGUF file."),
         click.option("--n-ctx", type=int, default=4096, show_default=True, help="Context length."),
-        schema_options("guard", ["cls_schedule", "cls_period"]),  # mlx with a CLS head
+        schema_options("guard", ["cls_schedule", "cls_period"]),  # a CLS head
     ]
     for decorate in reversed(decorators):
         func = decorate(func)

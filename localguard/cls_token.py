@@ -36,9 +36,11 @@ What the paper leaves open, and where each choice comes from in the authors' cod
   '[CLS]'}); it is trained with the LoRA and the head (loss = SFT + gamma * CE, the CE being
   the head's binary cross-entropy, as in stream mode).
 - Position: the authors put the CLS token at index 0, shifting every other token by one. Here
-  the verdict after t reply tokens sits at position start + t, the one the next token takes, and
-  is computed over the tokens' keys without entering them, so the LM's positions are those of
-  plain inference and generation can reuse its KV cache for each verdict.
+  a verdict sits right after the newest token it reads (row_positions), and is computed over
+  the tokens' keys without entering them, so the LM's positions are those of plain inference
+  and generation reuses its KV cache for each verdict. llama.cpp asks as much: a sequence's
+  next position follows its last cell, so a CLS step there is a sequence holding the query
+  and window cells, whose next position is the one after the newest of them.
 - Decoding thresholds: cls_logit_boundary 0.5 and consucultive_unsafe_tao (1 to 5 in the
   scripts) are the Guard's calibrated threshold and tau; the re-classification schedule
   (dynamic_reclassification_strategy: each, first, periodic, annealing) is a generation option.
@@ -46,11 +48,13 @@ What the paper leaves open, and where each choice comes from in the authors' cod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from localguard.conversations import Conversation
+from localguard.errors import InputError
 from localguard.recipe import SCHEMA, schema_field
 
 
@@ -91,6 +95,13 @@ def query_columns(conv: Conversation) -> np.ndarray:
     return np.concatenate([np.arange(a, b) for a, b in spans]).astype(np.int64)
 
 
+def row_positions(query: np.ndarray, start: int, windows: np.ndarray) -> np.ndarray:
+    """(rows,) positions of the verdicts with these windows: one past the newest token each
+    reads (the query's last token when its window is empty)."""
+    lo, hi = np.asarray(windows, np.int64).reshape(-1, 2).T
+    return np.where(hi > lo, start + hi, int(np.max(query)) + 1).astype(np.int64)
+
+
 def rows_mask(
     query: np.ndarray, start: int, windows: np.ndarray, width: int, rows: int
 ) -> np.ndarray:
@@ -105,10 +116,15 @@ def rows_mask(
     return mask
 
 
-def cls_mask(conv: Conversation, rule: ClsRule, width: int, rows: int) -> np.ndarray:
-    """rows_mask of a conversation's verdicts after 0, 1, .. reply tokens (teacher_windows)."""
-    windows = teacher_windows(conv, rule)
-    return rows_mask(query_columns(conv), conv.start, windows, width, rows)
+def cls_mask(
+    conv: Conversation, rule: ClsRule, width: int, rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """rows_mask and row_positions (padded to rows) of a conversation's verdicts after 0, 1,
+    .. reply tokens (teacher_windows)."""
+    windows, query = teacher_windows(conv, rule), query_columns(conv)
+    positions = row_positions(query, conv.start, windows)
+    padded = np.pad(positions[:rows], (0, max(0, rows - len(positions))), mode="edge")
+    return rows_mask(query, conv.start, windows, width, rows), padded
 
 
 def verdict_count(conv: Conversation) -> int:
@@ -148,6 +164,24 @@ def due(t: int, schedule: str, period: int) -> bool:
     return check == t
 
 
+def check_schedule(schedule: str, period: int) -> None:
+    """A re-classification schedule a backend can run, else one InputError."""
+    if schedule not in SCHEDULES or period < 1:
+        raise InputError(
+            f"the CLS schedule must be one of {', '.join(SCHEDULES)} with a period of at "
+            f"least 1, not {schedule!r} every {period}"
+        )
+
+
+def prompt_spans(
+    prompt: Sequence[int], recorded: tuple[tuple[int, ...], list] | None
+) -> list[tuple[int, int]]:
+    """The query of a prompt feed: the user-text spans recorded when this very prompt was
+    encoded (encode_chat), else the whole prompt."""
+    spans = recorded[1] if recorded and recorded[0] == tuple(prompt) else []
+    return [(int(a), int(b)) for a, b in spans] or [(0, len(prompt))]
+
+
 @dataclass
 class LiveVerdicts:
     """The rule's state while a reply is generated: the verdicts so far decide the windows.
@@ -159,7 +193,7 @@ class LiveVerdicts:
     stream mode."""
 
     rule: ClsRule
-    query: np.ndarray  # the query's token positions
+    spans: list[tuple[int, int]]  # the query's [first, end) token ranges
     start: int  # first reply token's position
     outputs: tuple[int, int]  # (query, response) row indices of the head
     thresholds: tuple[float, float]  # theirs, in logit units
@@ -168,6 +202,11 @@ class LiveVerdicts:
     first_malicious: bool = False
     turn: int | None = None
     last: np.ndarray | None = None  # the last verdict's logits
+
+    @property
+    def query(self) -> np.ndarray:
+        """The query's token positions."""
+        return np.concatenate([np.arange(a, b) for a, b in self.spans]).astype(np.int64)
 
     def windows(self, first: int, count: int) -> np.ndarray:
         """(count, 2) windows of the verdicts after first .. first + count - 1 reply tokens."""
@@ -179,10 +218,14 @@ class LiveVerdicts:
             np.int64,
         ).reshape(count, 2)
 
-    def take(self, t: int, logits: np.ndarray) -> np.ndarray:
-        """The verdict after t reply tokens: logits when it is due (the state follows them),
-        else the last one again."""
-        if self.last is not None and not due(t, self.schedule, self.period):
+    def wants(self, t: int) -> bool:
+        """Whether the verdict after t reply tokens is computed (else the last one stands)."""
+        return self.last is None or due(t, self.schedule, self.period)
+
+    def take(self, t: int, logits: np.ndarray | None) -> np.ndarray:
+        """The verdict after t reply tokens: logits when it is wanted (the state follows
+        them), else the last one again."""
+        if not self.wants(t):
             return self.last
         q, r = self.outputs
         if t == 0:

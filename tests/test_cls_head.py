@@ -1,5 +1,5 @@
 """CLS mode (localguard/cls_token.py): the window rule, the mask, the two passes on every
-architecture, training and the head folder, the CLI."""
+architecture, training and the head folder, the CLI, the export and llama.cpp's CLS steps."""
 
 from __future__ import annotations
 
@@ -62,8 +62,10 @@ def test_teacher_windows_follow_the_labels() -> None:
 
 def test_mask_reads_the_query_text_its_window_and_itself() -> None:
     conv = _conv(0)
-    mask = cls_mask(conv, RULE, width=16, rows=8)
+    mask, positions = cls_mask(conv, RULE, width=16, rows=8)
     assert mask.shape == (8, 24)
+    # one past the newest token read: the query's last (4) before any reply token
+    assert positions.tolist() == [5, 8, 9, 10, 11, 12, 12, 12]
     for t in range(8):
         reads = set(np.flatnonzero(mask[t]))
         expected = {16 + t}
@@ -77,7 +79,7 @@ def test_mask_reads_the_query_text_its_window_and_itself() -> None:
 
 
 def test_without_spans_the_whole_prompt_is_the_query() -> None:
-    mask = cls_mask(_conv(0, spans=()), RULE, width=12, rows=1)
+    mask, _ = cls_mask(_conv(0, spans=()), RULE, width=12, rows=1)
     assert np.flatnonzero(mask[0]).tolist() == [*range(7), 12]
 
 
@@ -118,9 +120,8 @@ def test_cls_verdicts_read_exactly_their_window(arch: str, tmp_path: Path) -> No
     hidden, kept = ht._token_pass(model, batch)
     assert np.allclose(np.array(hidden), np.array(final_hidden(model, batch)), atol=1e-5)
 
-    mask = ht.cls_masks([conv], RULE, len(tokens))
-    starts = mx.array([conv.start])
-    base = np.array(ht._cls_pass(model, kept, cls, starts, mask))[0]
+    mask, positions = ht.cls_masks([conv], RULE, len(tokens))
+    base = np.array(ht._cls_pass(model, kept, cls, positions, mask))[0]
     t = 10  # reads reply tokens 7..9 (positions 19..21) and the query 3..8
     for position in range(len(tokens)):
         shifted = []
@@ -129,7 +130,7 @@ def test_cls_verdicts_read_exactly_their_window(arch: str, tmp_path: Path) -> No
             bump = mx.zeros(k.keys.shape).at[:, :, position].add(1.0)
             s.keys, s.values = k.keys + bump, k.values + bump
             shifted.append(s)
-        moved = np.array(ht._cls_pass(model, shifted, cls, starts, mask))[0]
+        moved = np.array(ht._cls_pass(model, shifted, cls, positions, mask))[0]
         changed = np.abs(moved[t] - base[t]).max() > 1e-5
         assert changed == (position in {*range(3, 9), 19, 20, 21}), position
 
@@ -202,7 +203,7 @@ def test_schedules() -> None:
 def test_live_verdicts_carry_turn_and_rewind() -> None:
     from localguard.cls_token import LiveVerdicts
 
-    live = LiveVerdicts(RULE, np.arange(3), 7, (0, 1), (0.0, 0.0), "periodic", 2)
+    live = LiveVerdicts(RULE, [(0, 3)], 7, (0, 1), (0.0, 0.0), "periodic", 2)
     assert live.take(0, np.array([-1.0, -1.0]))[0] == -1.0 and not live.first_malicious
     assert live.take(1, np.array([5.0, 5.0]))[1] == -1.0  # not due: the last verdict again
     assert live.turn is None
@@ -315,12 +316,91 @@ def test_chat_and_serve_take_the_schedule(cls_head) -> None:
         open_guard_backend(model_dir, "mlx", head=out, cls_period=0)
 
 
-def test_export_refuses_a_cls_head(cls_head, tmp_path: Path) -> None:
+# --- export and llama.cpp -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cls_gguf(cls_head, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """(model-Q8_0.gguf, export.json) of the CLS head's export."""
+    model_dir, data, out = cls_head
+    g = tmp_path_factory.mktemp("cls-gguf") / "g"
+    args = ["export", "--model", str(model_dir), "--head", str(out), "--out", str(g)]
+    done = _run([*args, "--quant", "Q8_0", "--calibration", str(data), "--calibration-size", "8"])
+    assert done.exit_code == 0, done.output
+    return g / "model-Q8_0.gguf", json.loads((g / "export.json").read_text())
+
+
+def test_export_writes_the_cls_token_its_rows_and_the_mode(cls_head, cls_gguf) -> None:
+    from localguard.backends.llamacpp import gguf_keys as keys
+    from localguard.backends.llamacpp.gguf_runtime import read_head, read_metadata
+    from localguard.safety_head import load_head
+
+    path, report = cls_gguf
+    assert report["targets_met"], report["files"]
+    for entry in report["files"]:  # the CLS verdicts of llama.cpp against MLX's
+        assert entry["verdict_agreement"]["units"] > 8
+    meta = read_metadata(path.with_name("model-F16.gguf"))
+    assert meta[keys.HEAD_MODE] == "cls" and list(meta[keys.HEAD_CLS_RULE]) == [3, 4, 2]
+    spec = read_head(path)
+    assert spec.names == ["query", "response"] and spec.cls_token == max(spec.token_ids) + 1
+    import gguf
+
+    reader = gguf.GGUFReader(str(path.with_name("model-F16.gguf")))
+    embed = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    row = np.asarray(embed.data[spec.cls_token], np.float32)
+    assert np.allclose(row, load_head(cls_head[2]).cls, atol=1e-2)  # the CLS vector, in F16
+
+
+def test_llamacpp_cls_verdicts_are_the_mlx_ones(cls_head, cls_gguf) -> None:
+    """Token by token on the Q8_0 file through a second KV-cache sequence, the verdicts follow
+    the MLX backend's; the CLS token is never sampled nor fed."""
+    from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend
+
+    path, _ = cls_gguf
+    mlx_backend, _ = _backend(cls_head)
+    gguf_backend = LlamaCppGuardBackend.load(path.with_name("model-F16.gguf"))
+    assert gguf_backend.model.head.cls_token in gguf_backend.safety_ids
+    messages = [{"role": "user", "content": "tell me a story"}]
+    prompt = gguf_backend.encode_chat(messages)
+    assert prompt == mlx_backend.encode_chat(messages)
+    assert gguf_backend._cls.prompt[1] == mlx_backend._cls.prompt[1]
+    reply = _conversations(cls_head)[0].tokens[-8:]
+    got, want = [], []
+    for backend, rows in ((gguf_backend, got), (mlx_backend, want)):
+        backend.reset()
+        step = backend.feed(prompt, every=False)
+        assert not np.isfinite(step.logits[list(backend.safety_ids)]).any()
+        rows.append(step.safety[-1])
+        rows += [backend.feed([t]).safety[-1] for t in reply]
+    got, want = np.array(got), np.array(want)
+    assert np.abs(got - want).max() < 0.03, (got, want)  # F16 rounding: about 0.01
+    gguf_backend.close()
+
+
+def test_chat_serves_the_cls_gguf_on_each_schedule(cls_gguf) -> None:
+    from localguard.backends.factory import open_guard_backend
+
+    path, _ = cls_gguf
+    for schedule in ("every", "annealed", "first"):
+        done = _run(["chat", str(path), "--prompt", "hello", "--cls-schedule", schedule])
+        assert done.exit_code == 0, done.output
+    backend = open_guard_backend(path, cls_schedule="periodic", cls_period=3)
+    assert (backend._cls.schedule, backend._cls.period) == ("periodic", 3)
+    backend.close()
+
+
+def test_lora_only_export_refuses_a_cls_head(cls_head, tmp_path: Path) -> None:
     model_dir, _, out = cls_head
     done = _run(
-        ["export", "--model", str(model_dir), "--head", str(out), "--out", str(tmp_path / "g")]
+        [
+            "export",
+            "--model",
+            str(model_dir),
+            "--head",
+            str(out),
+            "--out",
+            str(tmp_path / "g"),
+            "--lora-only",
+        ]
     )
-    assert (
-        done.exit_code == 2 and "a CLS head (head train --mode cls) cannot be baked" in done.output
-    )
-    assert not (tmp_path / "g").exists()
+    assert done.exit_code == 2 and "a CLS head needs a token of its own" in done.output

@@ -38,6 +38,7 @@ from localguard.backends.llamacpp.gguf_keys import (
     FILE_KEYS,
     GENERAL_PREFIX,
     HEAD_BIAS,
+    HEAD_CLS_TOKEN,
     HEAD_NAMES,
     HEAD_TOKEN_IDS,
     TOKENIZER_FLAGS,
@@ -66,11 +67,14 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class ExtraRow:
-    """One extra output row: logit = hidden . weight (+ bias, added by the reader)."""
+    """One extra output row: logit = hidden . weight (+ bias, added by the reader). A fed row
+    is a token's input embedding as well (a CLS head's token, written as HEAD_CLS_TOKEN), no
+    head output; the others sit at zero in an untied model's input embedding."""
 
     name: str
     weight: np.ndarray  # (hidden_size,)
     bias: float = 0.0
+    fed: bool = False
 
     @property
     def token(self) -> str:
@@ -488,9 +492,10 @@ def plan_tensors(
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise InputError(f"tensor {hf_name} ({ref.path.name}) has no llama.cpp equivalent")
-        head_rows = extra_rows if (hf_name == "lm_head.weight" or tied) else []
         if hf_name in ("lm_head.weight", "model.embed_tokens.weight"):
-            plan.append(_vocab_matrix(name, ref, n_rows, head_rows, len(extra_rows), outtype))
+            logits = hf_name == "lm_head.weight" or tied
+            rows = [r.weight if logits or r.fed else None for r in extra_rows]
+            plan.append(_vocab_matrix(name, ref, n_rows, rows, outtype))
         else:
             plan.append(_plain(name, hf_name, ref, arch, config, outtype))
     return plan + rope_tensors(config)
@@ -531,12 +536,10 @@ def _vocab_matrix(
     name: str,
     ref: TensorRef,
     n_rows: int,
-    head_rows: list[ExtraRow],
-    n_extra: int,
+    extra_rows: list[np.ndarray | None],
     outtype: str,
 ) -> PlannedTensor:
-    """Embedding or output matrix: pad to n_rows, then one row per extra row (the head's
-    weights where this matrix produces logits, zeros in an untied model's input embedding)."""
+    """Embedding or output matrix: pad to n_rows, then one row per extra row (None: zeros)."""
     rows, hidden = ref.shape
     dtype = _out_dtype(2, outtype)
     if rows > n_rows:
@@ -545,13 +548,13 @@ def _vocab_matrix(
     def make() -> np.ndarray:
         data = load_tensor(ref)
         pad = np.zeros((n_rows - rows, hidden), np.float32)
-        if head_rows:
-            extra = np.stack([np.asarray(r.weight, np.float32) for r in head_rows])
-        else:
-            extra = np.zeros((n_extra, hidden), np.float32)
+        extra = np.zeros((len(extra_rows), hidden), np.float32)
+        for i, row in enumerate(extra_rows):
+            if row is not None:
+                extra[i] = row
         return np.concatenate([data, pad, extra]).astype(dtype)
 
-    return PlannedTensor(name, (n_rows + n_extra, hidden), dtype, make)
+    return PlannedTensor(name, (n_rows + len(extra_rows), hidden), dtype, make)
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -587,6 +590,8 @@ def check_extra_rows(extra_rows: list[ExtraRow], hidden: int, config: dict) -> N
             raise InputError(f"extra row {row.name!r} needs {hidden} finite weights")
         if not math.isfinite(row.bias):
             raise InputError(f"extra row {row.name!r} has a non-finite bias")
+    if sum(row.fed for row in extra_rows) > 1:
+        raise InputError("at most one extra row can be a fed token (a CLS head's)")
     if extra_rows and config.get("final_logit_softcapping"):
         raise InputError("final logit soft-capping would bend the extra rows' logits")
 
@@ -717,16 +722,20 @@ def write_metadata(
     w.add_vocab_size(len(vocab))
     arch.hparams(w, config)
     write_vocab(w, vocab, model_dir, tokenizer_flags(config, arch, vocab, model_dir))
-    if extra_rows:
-        w.add_array(HEAD_NAMES, [r.name for r in extra_rows])
-        ids = list(range(first_extra_id, first_extra_id + len(extra_rows)))
+    outputs = [(first_extra_id + i, r) for i, r in enumerate(extra_rows) if not r.fed]
+    if outputs:
+        w.add_array(HEAD_NAMES, [r.name for _, r in outputs])
+        ids = [i for i, _ in outputs]
         w.add_key_value(HEAD_TOKEN_IDS, ids, gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32)
         w.add_key_value(
             HEAD_BIAS,
-            [float(r.bias) for r in extra_rows],
+            [float(r.bias) for _, r in outputs],
             gguf.GGUFValueType.ARRAY,
             gguf.GGUFValueType.FLOAT32,
         )
+    for i, row in enumerate(extra_rows):
+        if row.fed:
+            w.add_uint32(HEAD_CLS_TOKEN, first_extra_id + i)
 
 
 _KINDS = {

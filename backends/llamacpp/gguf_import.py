@@ -42,6 +42,7 @@ from localguard.backends.llamacpp.convert import (
 )
 from localguard.backends.llamacpp.gguf_keys import (
     GENERAL_PREFIX,
+    HEAD_CLS_TOKEN,
     HEAD_TOKEN_IDS,
     TOKENIZER_FLAGS,
 )
@@ -502,11 +503,13 @@ def write_safetensors(
 
 
 def _head_rows(fields: dict, n_tokens: int) -> int:
-    """How many trailing vocabulary rows are a localguard safety head (0 when none)."""
+    """How many trailing vocabulary rows are a localguard safety head, its CLS token included
+    (0 when none)."""
     ids = fields.get(HEAD_TOKEN_IDS)
     if not ids:
         return 0
-    ids = sorted(int(i) for i in ids)
+    cls = fields.get(HEAD_CLS_TOKEN)
+    ids = sorted([int(i) for i in ids] + ([] if cls is None else [int(cls)]))
     return len(ids) if ids == list(range(n_tokens - len(ids), n_tokens)) else 0
 
 

@@ -33,6 +33,12 @@ HEAD_ROW_KEYS = (
 )
 """The per-row keys of the head (one value per row); the runtime reads them into a HeadSpec."""
 
+HEAD_CLS_TOKEN = "localguard.head.cls_token_id"
+"""A CLS head (mode "cls"): the control token whose input embedding row is the CLS vector; the
+head's rows are read from its logits, not from the tokens' (gguf_runtime.GGUFModel.cls)."""
+HEAD_CLS_RULE = "localguard.head.cls_rule"
+"""A CLS head's attention windows, [r1, r2, r3] (localguard/cls_token.py: ClsRule)."""
+
 GUARD_TAU = "localguard.guard.tau"
 GUARD_REFUSAL_PREFIX = "localguard.guard.refusal_prefix"
 

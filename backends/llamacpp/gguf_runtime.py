@@ -33,6 +33,8 @@ from localguard.backends.llamacpp.gguf_keys import (
     GUARD_TAU,
     HEAD_BIAS,
     HEAD_BIAS_SHIFT,
+    HEAD_CLS_RULE,
+    HEAD_CLS_TOKEN,
     HEAD_NAMES,
     HEAD_ROW_KEYS,
     HEAD_SCALE,
@@ -106,6 +108,17 @@ class HeadSpec:
     def refusal_prefix(self) -> str | None:
         return self.extra.get(GUARD_REFUSAL_PREFIX)
 
+    @property
+    def cls_token(self) -> int | None:
+        """A CLS head's token id (its rows are read from that token's logits), else None."""
+        value = self.extra.get(HEAD_CLS_TOKEN)
+        return None if value is None else int(value)
+
+    @property
+    def cls_rule(self) -> tuple[int, int, int]:
+        """A CLS head's windows (r1, r2, r3)."""
+        return tuple(int(r) for r in self.extra[HEAD_CLS_RULE])
+
     def index(self, name: str) -> int:
         if name not in self.names:
             raise InputError(f"the head has no output {name!r}; it has {', '.join(self.names)}")
@@ -145,6 +158,8 @@ def head_from_metadata(meta: dict, where: str = "GGUF file") -> HeadSpec | None:
     arrays = [bias] + [np.asarray(a) for a in (thresholds, shift, scale) if a is not None]
     if len(ids) != k or any(a.shape != (k,) for a in arrays):
         raise InputError(f"{where}: localguard head metadata lengths differ from {k} outputs")
+    if HEAD_CLS_TOKEN in meta and len(meta.get(HEAD_CLS_RULE) or ()) != 3:
+        raise InputError(f"{where}: a CLS head needs {HEAD_CLS_RULE} = [r1, r2, r3]")
     if scale is not None and not np.all(np.asarray(scale, np.float64) > 0):
         raise InputError(f"{where}: localguard head scale must be positive")
     extra = {key: value for key, value in meta.items() if key not in HEAD_ROW_KEYS}
@@ -201,6 +216,9 @@ def _logits_address(lib):
     return address
 
 
+CLS_SEQUENCE = 1
+"""The KV-cache sequence of a CLS step (the generated sequence is 0)."""
+
 SMALL_MODEL_BYTES = 32 * 2**20
 
 
@@ -219,7 +237,8 @@ class GGUFModel:
 
     feed() appends tokens at the current position and returns their logits; rewind() drops
     positions from the KV cache; eval() is reset() + feed(). Logits cover every token id,
-    the head's rows included; masked() sets those to -inf before sampling.
+    the head's rows included; masked() sets those to -inf before sampling. A file with a CLS
+    head gets a second sequence for cls(), which shares the first one's KV cells.
     """
 
     def __init__(
@@ -238,7 +257,8 @@ class GGUFModel:
         _init_backend()
         self.path = Path(path)
         self._lib = llama_cpp
-        self._model = self._ctx = self._adapter = self._batch = None
+        self._model = self._ctx = self._adapter = self._batch = self._cls_batch = None
+        self._cls_token = None
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such GGUF file")
         reader = open_gguf(self.path)  # read once: the metadata, and the tensors if AMX asks
@@ -251,7 +271,8 @@ class GGUFModel:
         if not self._model:
             raise InputError(f"llama.cpp cannot load {self.path} (damaged or unsupported GGUF)")
         try:
-            self._open_context(n_ctx, n_batch, n_threads, f32_cache)
+            cls_token = None if head is None else head.cls_token
+            self._open_context(n_ctx, n_batch, n_threads, f32_cache, cls_token)
             if lora is not None:
                 lora_meta = read_metadata(Path(lora))
                 head = head_from_metadata(lora_meta, str(lora)) or head
@@ -263,7 +284,9 @@ class GGUFModel:
         self.metadata = meta
         self.position = 0
 
-    def _open_context(self, n_ctx: int, n_batch: int, n_threads: int | None, f32: bool) -> None:
+    def _open_context(
+        self, n_ctx: int, n_batch: int, n_threads: int | None, f32: bool, cls_token: int | None
+    ) -> None:
         lib = self._lib
         trained = int(lib.llama_model_n_ctx_train(self._model))
         n_ctx = min(n_ctx, trained) if trained > 0 else n_ctx
@@ -271,9 +294,12 @@ class GGUFModel:
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         self.n_ctx, self.n_batch = int(n_ctx), int(min(n_batch, n_ctx))
         params = lib.llama_context_default_params()
-        params.n_ctx = self.n_ctx
+        # a CLS step is a second sequence whose cells are the first one's (a unified cache lets
+        # a sequence copy share cells by position range), plus one cell of its own
+        params.n_ctx = self.n_ctx + (cls_token is not None)
         params.n_batch = params.n_ubatch = self.n_batch
-        params.n_seq_max = 1
+        params.n_seq_max = 1 + (cls_token is not None)
+        params.kv_unified = params.kv_unified or cls_token is not None
         threads = n_threads or default_threads(self.path)
         params.n_threads = params.n_threads_batch = threads
         params.no_perf = True
@@ -289,6 +315,11 @@ class GGUFModel:
         for i in range(self.n_batch):  # one sequence: the same for every slot, set once
             batch.n_seq_id[i] = 1
             batch.seq_id[i][0] = 0
+        self._cls_token, self._cls_batch = cls_token, None
+        if cls_token is not None:
+            self._cls_batch = cls = lib.llama_batch_init(1, 0, 1)
+            cls.n_tokens, cls.token[0], cls.n_seq_id[0] = 1, cls_token, 1
+            cls.seq_id[0][0], cls.logits[0] = CLS_SEQUENCE, True
         self._logits_at = _logits_address(lib)
         self._views: dict[int, np.ndarray] = {}
 
@@ -433,6 +464,29 @@ class GGUFModel:
             raise RuntimeError(f"llama_decode failed with code {code}")
         self.position += n
 
+    def cls(self, reads: list[tuple[int, int]], columns: np.ndarray) -> np.ndarray:
+        """The logits at `columns` (a copy) of the CLS token decoded as a second sequence that
+        holds the KV cells of the [first, end) position ranges `reads` only, one position past
+        the newest of them (cls_token.row_positions); that sequence is removed after."""
+        lib = self._lib
+        if self._cls_batch is None:
+            raise InputError(f"{self.path} has no CLS head")
+        mem = lib.llama_get_memory(self._ctx)
+        newest = -1
+        for first, end in reads:
+            if not 0 <= first < end <= self.position:
+                continue
+            lib.llama_memory_seq_cp(mem, 0, CLS_SEQUENCE, first, end)
+            newest = max(newest, end - 1)
+        self._cls_batch.pos[0] = newest + 1
+        try:
+            code = lib.llama_decode(self._ctx, self._cls_batch)
+            if code != 0:
+                raise RuntimeError(f"llama_decode of the CLS step failed with code {code}")
+            return self._row(0)[columns]
+        finally:
+            lib.llama_memory_seq_rm(mem, CLS_SEQUENCE, -1, -1)
+
     def _row(self, i: int) -> np.ndarray:
         """The logits of batch position i of the last decode, as a view into llama.cpp's
         buffer (no copy). Views are kept per address: a row lives at the same address."""
@@ -455,20 +509,27 @@ class GGUFModel:
         return self.feed(tokens[first:])
 
     def masked(self, logits: np.ndarray) -> np.ndarray:
-        """A copy of logits with the head's rows at -inf, so sampling never picks them."""
+        """A copy of logits with the head's rows (and CLS token) at -inf, never sampled."""
         out = np.array(logits, dtype=np.float32, copy=True)
-        if self.head is not None:
-            out[..., self.head.token_ids] = -np.inf
+        out[..., list(self.unsampled)] = -np.inf
         return out
+
+    @property
+    def unsampled(self) -> tuple[int, ...]:
+        """Token ids that are no text: the head's rows and a CLS head's token."""
+        if self.head is None:
+            return ()
+        return (*self.head.token_ids, *([] if self._cls_token is None else [self._cls_token]))
 
     # --- lifetime ---
 
     def close(self) -> None:
         lib = self._lib
         self._views = {}  # views into the context's buffer die with it
-        if self._batch is not None:
-            lib.llama_batch_free(self._batch)
-            self._batch = None
+        for name in ("_batch", "_cls_batch"):
+            if getattr(self, name, None) is not None:
+                lib.llama_batch_free(getattr(self, name))
+                setattr(self, name, None)
         if self._ctx:
             lib.llama_free(self._ctx)
             self._ctx = None

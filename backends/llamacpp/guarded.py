@@ -8,6 +8,14 @@ is the Guard's (numpy, after its logit bias and the re-masking of the safety row
 here passes a logit_bias or a logits processor to llama-cpp-python, whose high-level
 completion cannot rewind and silently drops a logit_bias given together with a processor.
 
+A CLS head (a file exported from head train --mode cls) has no rows at the tokens: after each
+feed, every due verdict (cls_token.due, on the chosen re-classification schedule) is one CLS
+step, GGUFModel.cls: a second KV-cache sequence that shares the cells of the query (the user
+messages' text that encode_chat recorded, else the whole prompt) and of the rule's window,
+decodes the CLS token one position past the newest of them, gives the head's columns of its
+logits, and is removed. llama.cpp only batches tokens of sequences that have not diverged, so
+the CLS step is a decode of its own, never batched with the next token's.
+
 The chat template is the file's `tokenizer.chat_template`, rendered in jinja2's sandbox around
 sentinels (localguard.encoding.render_pieces): the template's text is tokenized with control
 tokens on, the messages' text with them off, so nobody can type a control token.
@@ -24,9 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from localguard.backends.base import GuardBackend, HeadInfo, Step
-from localguard.backends.llamacpp.gguf_runtime import GGUFModel, read_metadata
+from localguard.backends.llamacpp.gguf_runtime import GGUFModel, HeadSpec, read_metadata
+from localguard.cls_token import ClsRule, LiveVerdicts, check_schedule, prompt_spans
 from localguard.encoding import render_pieces
 from localguard.errors import InputError
+from localguard.recipe import default
 
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -54,6 +64,18 @@ def template_tokens(
     """Token ids of a chat through a compiled template: the template's own text tokenized with
     special-token parsing on (tokenize(text, True)), each message's text with it off; `bos` is
     put first unless the template already did."""
+    return template_encoding(template, messages, tokenize, specials, bos, add_generation_prompt)[0]
+
+
+def template_encoding(
+    template,
+    messages: Sequence[dict],
+    tokenize: Callable[[str, bool], list[int]],
+    specials: dict[str, str],
+    bos: int | None = None,
+    add_generation_prompt: bool = True,
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """template_tokens, and the [first, end) ranges of the user messages' own text."""
 
     def render(marked: list[dict]) -> str:
         return template.render(
@@ -61,18 +83,74 @@ def template_tokens(
         )
 
     ids: list[int] = []
+    spans, roles = [], iter(m.get("role") for m in messages)
     for piece, is_message in render_pieces(render, messages):
+        first = len(ids)
         ids += tokenize(piece, not is_message)
+        if is_message and next(roles) == "user":
+            spans.append((first, len(ids)))
     if bos is not None and bos >= 0 and ids[:1] != [bos]:
         ids.insert(0, bos)
-    return ids
+        spans = [(a + 1, b + 1) for a, b in spans]
+    return ids, spans
+
+
+class _ClsSteps:
+    """A CLS head's verdicts on llama.cpp (see the module docstring)."""
+
+    def __init__(self, spec: HeadSpec, schedule: str, period: int) -> None:
+        check_schedule(schedule, period)
+        q, r = spec.index("query"), spec.index("response")
+        self.schedule, self.period = schedule, period
+        self.rule = ClsRule(*spec.cls_rule)
+        self.outputs = (q, r)
+        self.thresholds = (float(spec.thresholds[q]), float(spec.thresholds[r]))
+        self.columns = np.array(spec.token_ids, np.intp)
+        self.live: LiveVerdicts | None = None
+        self.prompt: tuple[tuple[int, ...], list] | None = None
+
+    def begin(self, prompt: list[int]) -> None:
+        """The prompt's state: its query spans, the reply starting after it."""
+        self.live = LiveVerdicts(
+            self.rule,
+            prompt_spans(prompt, self.prompt),
+            len(prompt),
+            self.outputs,
+            self.thresholds,
+            self.schedule,
+            self.period,
+        )
+
+    def verdicts(
+        self, model: GGUFModel, count: int, calibrate: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """(count, K) verdicts after each of the last `count` fed tokens, calibrated from the
+        head's columns; nan for a prompt token before the last (none is taken inside it)."""
+        live = self.live
+        first = model.position - count + 1 - live.start  # reply tokens read by the first row
+        rows = [np.full(len(self.columns), np.nan)] * max(0, -first)
+        first = max(first, 0)
+        windows = live.windows(first, model.position - live.start - first + 1)
+        for t, (lo, hi) in enumerate(windows, start=first):
+            logits = None
+            if live.wants(t):
+                reads = [*live.spans, (live.start + int(lo), live.start + int(hi))]
+                logits = calibrate(model.cls(reads, self.columns))
+            rows.append(live.take(t, logits))
+        return np.stack(rows)
 
 
 class LlamaCppGuardBackend(GuardBackend):
     """One GGUF model (optionally + LoRA GGUF) with its baked head and one sequence."""
 
-    def __init__(self, model: GGUFModel) -> None:
-        """A GGUF without a localguard head serves with the guard off only."""
+    def __init__(
+        self,
+        model: GGUFModel,
+        cls_schedule: str = default("guard", "cls_schedule"),
+        cls_period: int = default("guard", "cls_period"),
+    ) -> None:
+        """A GGUF without a localguard head serves with the guard off only; a CLS head's
+        verdicts are re-checked on cls_schedule (localguard/cls_token.py: due)."""
         spec = model.head
         if spec is not None and spec.thresholds is None:
             raise InputError(f"{model.path}: the safety head has no thresholds")
@@ -87,9 +165,14 @@ class LlamaCppGuardBackend(GuardBackend):
                 spec.refusal_prefix,
             )
         )
-        self.safety_ids = () if spec is None else tuple(int(i) for i in spec.token_ids)
+        self._cls = None
+        if spec is not None and spec.cls_token is not None:
+            self._cls = _ClsSteps(spec, cls_schedule, cls_period)
+        # never sampled nor fed: the head's rows, and a CLS head's token
+        self.safety_ids = tuple(int(i) for i in model.unsampled)
         self._safety_set = frozenset(self.safety_ids)
-        self._safety_index = np.array(self.safety_ids, np.intp)
+        self._safety_index = np.array(() if spec is None else spec.token_ids, np.intp)
+        self._masked = np.array(self.safety_ids, np.intp)
         self._scale = None if spec is None or spec.scale is None else spec.scale.astype(np.float64)
         self._bias = None if spec is None else np.asarray(spec.bias, np.float64)  # (K,)
         self.vocab_size = model.n_vocab
@@ -117,8 +200,15 @@ class LlamaCppGuardBackend(GuardBackend):
         lora: Path | None = None,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        **cls_options,
     ) -> LlamaCppGuardBackend:
-        return cls(GGUFModel(Path(path), lora=lora, n_ctx=n_ctx, n_threads=n_threads))
+        """cls_options: cls_schedule and cls_period, for a CLS head."""
+        model = GGUFModel(Path(path), lora=lora, n_ctx=n_ctx, n_threads=n_threads)
+        try:
+            return cls(model, **cls_options)
+        except BaseException:
+            model.close()
+            raise
 
     def close(self) -> None:
         self.model.close()
@@ -135,9 +225,12 @@ class LlamaCppGuardBackend(GuardBackend):
         def tokenize(text: str, special: bool) -> list[int]:
             return self.model.tokenize(text, special=special, add_bos=False)
 
-        return template_tokens(
+        ids, spans = template_encoding(
             self._template, messages, tokenize, self._specials, self._bos, add_generation_prompt
         )
+        if self._cls is not None and add_generation_prompt:  # the query a prompt feed reads
+            self._cls.prompt = (tuple(ids), spans)
+        return ids
 
     def decode(self, tokens: Sequence[int]) -> str:
         out = []
@@ -165,17 +258,29 @@ class LlamaCppGuardBackend(GuardBackend):
             self.model.rewind(min(self.model.position, len(self._tokens)))
             self._tokens = self._tokens[: self.model.position]
         # one copy of the last row (then masked in place) and the head's columns of each row
-        last, rows = self.model.feed_columns(ids, self._safety_index, all_logits=every)
+        cls = self._cls is not None
+        last, rows = self.model.feed_columns(ids, self._safety_index, all_logits=every and not cls)
+        if cls and not self._tokens:
+            self._cls.begin(ids)
         self._tokens += ids
-        last[self._safety_index] = -np.inf
+        last[self._masked] = -np.inf
+        if cls:
+            count = len(ids) if every else 1
+            return Step(last, self._cls.verdicts(self.model, count, self._calibrated))
+        return Step(last, self._calibrated(rows))
+
+    def _calibrated(self, rows: np.ndarray) -> np.ndarray:
+        """Calibrated safety logits from the head's columns of the logits: raw / scale + bias
+        in float64, as HeadSpec.logits computes them."""
         if self.spec is None:
-            return Step(last, rows.astype(np.float64))
-        # calibrated = raw / scale + bias in float64, as HeadSpec.logits computes it
+            return rows.astype(np.float64)
         raw = rows if self._scale is None else rows / self._scale
-        return Step(last, raw + self._bias)
+        return raw + self._bias
 
     def rewind(self, length: int) -> None:
         if not 0 <= length <= len(self._tokens):
             raise ValueError(f"cannot rewind to {length}: the sequence has {self.length} tokens")
         self.model.rewind(length)
         del self._tokens[length:]
+        if self._cls is not None and self._cls.live is not None:
+            self._cls.live.rewind(length - self._cls.live.start)

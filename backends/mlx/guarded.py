@@ -13,8 +13,8 @@ Guard then picks that very draw (it always does, unless it added a logit bias or
 the next `feed` finds the work done; otherwise the step ahead is dropped from the cache.
 
 A CLS head (head train --mode cls, localguard/cls_token.py) is not baked: after each forward
-step its verdicts come from a CLS pass over the KV cache (one row per fed token, at the position
-the next token takes, reading the query and the rule's window), taken on the chosen
+step its verdicts come from a CLS pass over the KV cache (one row per fed token, reading the
+query and the rule's window, one position past the newest token it reads), taken on the chosen
 re-classification schedule; a token between re-checks carries the last verdict. The first feed
 after a reset is the prompt: its user text is the query when it came from encode_chat, else
 the whole prompt is. CLS mode keeps a plain KV cache on every block and does not draw ahead.
@@ -44,7 +44,14 @@ from localguard.backends.base import GuardBackend, HeadInfo, Sampler, Sampling, 
 from localguard.backends.mlx import loading
 from localguard.backends.mlx.head_train import bake_head, cache_cls_states
 from localguard.backends.mlx.hidden import hidden_size, language_model, output_logits
-from localguard.cls_token import SCHEDULES, LiveVerdicts, head_rule, rows_mask
+from localguard.cls_token import (
+    LiveVerdicts,
+    check_schedule,
+    head_rule,
+    prompt_spans,
+    row_positions,
+    rows_mask,
+)
 from localguard.encoding import encode_chat, encode_text, hf_tokenizer, user_spans
 from localguard.errors import InputError
 from localguard.recipe import default
@@ -92,12 +99,15 @@ class _ClsReader:
         self.prompt: tuple[tuple[int, ...], list[tuple[int, int]]] | None = None
 
     def begin(self, prompt: list[int]) -> None:
-        """The prompt's state: its query positions, the reply starting after it."""
-        spans = self.prompt[1] if self.prompt and self.prompt[0] == tuple(prompt) else []
-        spans = spans or [(0, len(prompt))]
-        query = np.concatenate([np.arange(a, b) for a, b in spans]).astype(np.int64)
+        """The prompt's state: its query spans, the reply starting after it."""
         self.live = LiveVerdicts(
-            self.rule, query, len(prompt), self.outputs, self.thresholds, self.schedule, self.period
+            self.rule,
+            prompt_spans(prompt, self.prompt),
+            len(prompt),
+            self.outputs,
+            self.thresholds,
+            self.schedule,
+            self.period,
         )
 
     def verdicts(self, model: nn.Module, cache: list, count: int) -> np.ndarray:
@@ -111,8 +121,9 @@ class _ClsReader:
             return np.concatenate([inside, self.verdicts(model, cache, count + first)])
         windows = live.windows(first, count)
         mask = mx.array(rows_mask(live.query, live.start, windows, length, count)[None, None])
+        positions = mx.array(row_positions(live.query, live.start, windows)[None])
         dtype = cache[0].keys.dtype
-        states = cache_cls_states(model, cache, self.cls.astype(dtype), mask)
+        states = cache_cls_states(model, cache, self.cls.astype(dtype), positions, mask)
         logits = np.array((states.astype(mx.float32) @ self.rows.T) + self.bias, np.float64)
         return np.stack([live.take(first + i, row) for i, row in enumerate(logits)])
 
@@ -134,11 +145,7 @@ class MLXGuardBackend(GuardBackend):
         self._hf = hf_tokenizer(tokenizer)
         if getattr(model, "_localguard_head_baked", False):
             raise InputError("this model already has a safety head baked in; load it afresh")
-        if cls_schedule not in SCHEDULES or cls_period < 1:
-            raise InputError(
-                f"the CLS schedule must be one of {', '.join(SCHEDULES)} with a period of at "
-                f"least 1, not {cls_schedule!r} every {cls_period}"
-            )
+        check_schedule(cls_schedule, cls_period)
         self._cls = None
         if head is not None and head.cls is not None:
             self._cls = _ClsReader(head, cls_schedule, cls_period)

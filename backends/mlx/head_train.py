@@ -35,6 +35,7 @@ from localguard.backends.mlx.hidden import (
 )
 from localguard.cls_token import ClsRule, cls_mask, head_rule, verdict_count
 from localguard.conversations import Conversation
+from localguard.errors import InputError
 from localguard.probe import STD_FLOOR
 from localguard.safety_head import OUTPUTS, SafetyHead
 from localguard.stats import fit_logistic
@@ -217,14 +218,15 @@ def head_loss(
 
 
 def cls_loss(
-    model: nn.Module, batch: HeadBatch, mask: mx.array, gamma: float
+    model: nn.Module, batch: HeadBatch, rows: tuple[mx.array, mx.array], gamma: float
 ) -> tuple[mx.array, mx.array, mx.array, mx.array]:
     """head_loss for CLS mode: SFT from the tokens' pass, BCE of the head on the CLS verdicts
-    (row t: after t reply tokens) from the CLS pass."""
+    (row t: after t reply tokens) from the CLS pass; rows: cls_masks' mask and positions."""
     hidden, kept = _token_pass(model, batch.tokens)
     tokens, nll_mean = _sft(model, hidden, batch)
     layer = getattr(model, lt.HEAD_MODULE)
-    states = _cls_pass(model, kept, layer.cls.astype(hidden.dtype), batch.starts, mask)
+    mask, positions = rows
+    states = _cls_pass(model, kept, layer.cls.astype(hidden.dtype), positions, mask)
     safety = layer(states).astype(mx.float32)
     first = mx.zeros_like(batch.starts)
     rows = batch.starts - 1  # token j is verdict row j - rows
@@ -245,10 +247,12 @@ class HeadObjective:
     def __post_init__(self) -> None:
         self.lengths = np.array([min(len(c.tokens), self.spec.max_seq_length) for c in self.convs])
 
-    def loss(self, model: nn.Module, batch: HeadBatch, mask: mx.array | None = None):
-        if mask is None:
+    def loss(
+        self, model: nn.Module, batch: HeadBatch, rows: tuple[mx.array, mx.array] | None = None
+    ):
+        if rows is None:
             return head_loss(model, batch, self.gamma)
-        return cls_loss(model, batch, mask, self.gamma)
+        return cls_loss(model, batch, rows, self.gamma)
 
     def inputs(self, model: nn.Module, index: int, rows: np.ndarray, mine: slice):
         convs = [self.convs[i] for i in rows[mine]]
@@ -290,8 +294,10 @@ def detach_head(model: nn.Module, like: SafetyHead) -> SafetyHead:
 # --- cls mode: two passes --------------------------------------------------------------------
 # mlx-lm's blocks take their mask from cache.make_mask and their rotary offset from
 # cache.offset, so a cache object per block is all it takes to run the CLS rows: the tokens'
-# pass keeps every block's keys and values; the CLS pass puts verdict row t at position
-# start + t, lets it read those keys and its own through the rule's mask, and stores nothing.
+# pass keeps every block's keys and values; the CLS pass lets each verdict row read those keys
+# and its own through the rule's mask, and stores nothing. Its rows sit at their own positions
+# (cls_token.row_positions), which a rotary offset per sequence cannot say: each attention's
+# rope is stood in for by _RowRoPE during the pass.
 
 
 class _KeptKV:
@@ -313,8 +319,8 @@ class _KeptKV:
 
 
 class _ClsKV:
-    """The CLS pass cache for one block: rows at offset + t over the kept keys and their own
-    (the rule's mask on every block, sliding-window ones included)."""
+    """The CLS pass cache for one block: rows over the kept keys and their own (the rule's
+    mask on every block, sliding-window ones included)."""
 
     def __init__(self, kept: _KeptKV, offset: mx.array, mask: mx.array) -> None:
         self.kept, self.offset, self.mask = kept, offset, mask
@@ -346,25 +352,63 @@ def _token_pass(model: nn.Module, tokens: mx.array) -> tuple[mx.array, list[_Kep
     return inner(tokens, cache=kept), kept
 
 
+class _RowRoPE(nn.Module):
+    """Stands in for an attention's rope during the CLS pass: row v of sequence b at
+    positions[b, v] (the model's own rope, with one offset per row)."""
+
+    def __init__(self, rope: nn.Module, positions: mx.array) -> None:
+        super().__init__()
+        self._parts = [rope, positions]  # in a list: not parameters of this stand-in
+
+    def __call__(self, x: mx.array, offset=None) -> mx.array:
+        rope, positions = self._parts
+        b, h, v, d = x.shape
+        rows = x.transpose(0, 2, 1, 3).reshape(b * v, h, 1, d)
+        rows = rope(rows, offset=positions.reshape(-1))
+        return rows.reshape(b, v, h, d).transpose(0, 2, 1, 3)
+
+
+def _attentions(inner: nn.Module) -> list[nn.Module]:
+    """Every block's attention module (mlx-lm names it self_attn, and its rope rope)."""
+    found = [getattr(layer, "self_attn", None) for layer in inner.layers]
+    if any(a is None or not hasattr(a, "rope") for a in found):
+        raise InputError("CLS mode needs attention modules with a rotary embedding (rope)")
+    return found
+
+
 def _cls_pass(
-    model: nn.Module, kept: list[_KeptKV], cls: mx.array, starts: mx.array, mask: mx.array
+    model: nn.Module,
+    kept: list[_KeptKV],
+    cls: mx.array,
+    positions: mx.array,
+    mask: mx.array,
 ) -> mx.array:
-    """Final CLS states (B, V, D) of verdict rows 0 .. V - 1 under mask (B, 1, V, W + V)."""
+    """Final CLS states (B, V, D) of verdict rows 0 .. V - 1 at positions (B, V) under mask
+    (B, 1, V, W + V)."""
     inner = language_model(model).model
-    caches = [_ClsKV(k, starts, mask) for k in kept]
-    embed = inner.embed_tokens
+    caches = [_ClsKV(k, positions[:, 0], mask) for k in kept]
+    embed, attentions = inner.embed_tokens, _attentions(inner)
+    ropes = [a.rope for a in attentions]
     inner.embed_tokens = _ClsInput(cls)
+    for a in attentions:
+        a.rope = _RowRoPE(a.rope, positions)
     try:
         return inner(mx.zeros(mask.shape[::2], mx.int32), cache=caches)
     finally:
         inner.embed_tokens = embed
+        for a, rope in zip(attentions, ropes, strict=True):
+            a.rope = rope
 
 
-def cls_masks(convs: Sequence[Conversation], rule: ClsRule, width: int) -> mx.array:
-    """(B, 1, V, width + V) masks of a batch, V the most verdicts rounded up for the compiler."""
+def cls_masks(
+    convs: Sequence[Conversation], rule: ClsRule, width: int
+) -> tuple[mx.array, mx.array]:
+    """(B, 1, V, width + V) masks and (B, V) positions of a batch's verdict rows, V the most
+    verdicts rounded up for the compiler."""
     rows = max(verdict_count(c) for c in convs)
     rows = -(-rows // lt.PAD_MULTIPLE) * lt.PAD_MULTIPLE
-    return mx.array(np.stack([cls_mask(c, rule, width, rows) for c in convs])[:, None])
+    masks, positions = zip(*(cls_mask(c, rule, width, rows) for c in convs), strict=True)
+    return mx.array(np.stack(masks)[:, None]), mx.array(np.stack(positions))
 
 
 def cls_states(
@@ -384,9 +428,8 @@ def cls_states(
         batch = [convs[i] for i in chosen]
         tokens = mx.array(_padded(batch))
         hidden, kept = _token_pass(model, tokens)
-        mask = cls_masks(batch, rule, tokens.shape[1])
-        starts = mx.array([c.start for c in batch])
-        states = _cls_pass(model, kept, mx.array(cls).astype(hidden.dtype), starts, mask)
+        mask, positions = cls_masks(batch, rule, tokens.shape[1])
+        states = _cls_pass(model, kept, mx.array(cls).astype(hidden.dtype), positions, mask)
         states = np.array(states.astype(mx.float32))
         for row, i in enumerate(chosen):
             yield i, states[row, : verdict_count(convs[i])]
@@ -414,9 +457,6 @@ def bake_head(model: nn.Module, head: SafetyHead) -> int:
     tied model); returns the first extra logit's index. logits[..., first + k] + bias[k] is
     then output k. The GGUF export does the same in the file; the rows' input embeddings are
     never used, because no text ever encodes to those ids."""
-    from localguard.backends.mlx.hidden import language_model
-    from localguard.errors import InputError
-
     lm = language_model(model)
     args = getattr(lm, "args", None)
     tied = getattr(lm, "tie_word_embeddings", getattr(args, "tie_word_embeddings", False))
@@ -429,15 +469,15 @@ def bake_head(model: nn.Module, head: SafetyHead) -> int:
     return first
 
 
-def cache_cls_states(model: nn.Module, cache: list, cls: mx.array, mask: mx.array) -> mx.array:
+def cache_cls_states(
+    model: nn.Module, cache: list, cls: mx.array, positions: mx.array, mask: mx.array
+) -> mx.array:
     """CLS states (V, D) over a generation's KV caches (mlx-lm KVCache, one per block) of L
-    tokens: rows at positions L - V + 1 .. L, the verdicts after the last V tokens, under mask
-    (1, 1, V, L + V). The caches are read, never written."""
+    tokens: rows at positions (1, V) under mask (1, 1, V, L + V). The caches are read, never
+    written."""
     kept = []
     for c in cache:
         k = _KeptKV()
         k.keys, k.values = c.keys[..., : c.offset, :], c.values[..., : c.offset, :]
         kept.append(k)
-    rows = mask.shape[2]
-    offset = mx.array([cache[0].offset - rows + 1])
-    return _cls_pass(model, kept, cls, offset, mask)[0]
+    return _cls_pass(model, kept, cls, positions, mask)[0]

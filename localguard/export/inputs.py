@@ -117,8 +117,6 @@ def resolve_inputs(opts: ExportOptions) -> Inputs:
     if opts.head is not None:
         head = load_head(Path(opts.head))
         check_head_matches(head, model)
-        if head.cls is not None:  # its rows read a CLS token's state, not the LM head's input
-            raise InputError(f"{opts.head}: a CLS head (head train --mode cls) cannot be baked")
         manifest = head.metadata.get("manifest") or {}
         own = manifest.get("adapter")
         base_adapter = manifest.get("base_adapter")
@@ -176,6 +174,11 @@ def check_lora_only(inputs: Inputs) -> None:
         raise InputError("--lora-only needs an adapter (--adapter, or a head with its own)")
     if inputs.head is None:
         return
+    if inputs.head.cls is not None:
+        raise InputError(
+            "a CLS head needs a token of its own in the vocabulary, which a LoRA cannot add: "
+            "export a full GGUF instead (without --lora-only)"
+        )
     config = model_config(inputs.model)
     if config.get("tie_word_embeddings") or "lm_head.weight" not in check_weight_files(
         inputs.model

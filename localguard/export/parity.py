@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from localguard.cls_token import ClsRule, head_rule, teacher_windows
 from localguard.export.options import threads_arg
 from localguard.parity_texts import PARITY_TEXTS
 from localguard.stats import logit_agreement
@@ -155,11 +156,30 @@ def measure(
         if head is None or llm.head is None:
             return parity
         raw = []
+        rule = head_rule(head)
         for conv in ref.convs:
-            raw.append(llm.head.raw(llm.eval(conv.tokens, first=conv.start - 1)))
+            if rule is None:
+                raw.append(llm.head.raw(llm.eval(conv.tokens, first=conv.start - 1)))
+            else:
+                raw.append(cls_raw(llm, conv, rule))
             if progress:
                 progress(1)
     return {**parity, **recalibrate(head, ref.traces, raw)}
+
+
+def cls_raw(llm, conv, rule: ClsRule) -> np.ndarray:
+    """(n + 1, K) head logits without bias of a CLS head in a GGUF file: the verdicts after
+    0 .. n reply tokens, with the windows the MLX traces read (the labels')."""
+    llm.reset()
+    llm.feed(conv.tokens, all_logits=False)
+    spans = [tuple(s) for s in conv.query_spans] or [(0, conv.start)]
+    columns = np.asarray(llm.head.token_ids, np.intp)
+    rows = [
+        llm.cls([*spans, (conv.start + int(lo), conv.start + int(hi))], columns)
+        for lo, hi in teacher_windows(conv, rule)
+    ]
+    rows = np.asarray(rows, np.float64)
+    return rows if llm.head.scale is None else rows / llm.head.scale
 
 
 def recalibrate(head, traces: list[np.ndarray], raw: list[np.ndarray]) -> dict:

@@ -6,8 +6,9 @@ Steps:
 2. fuse the adapter into a full-precision copy of the base (a quantized base is dequantized),
    keeping the base's original tokenizer files;
 3. convert to model-F16.gguf with localguard's converter, the head's rows appended to the
-   output matrix (to the shared embedding of a tied model), its bias, thresholds and the
-   guard's settings as GGUF metadata (localguard.backends.llamacpp.gguf_keys), the base's
+   output matrix (to the shared embedding of a tied model), a CLS head's token after them
+   (its input embedding row the CLS vector), its bias, thresholds and the guard's settings
+   as GGUF metadata (localguard.backends.llamacpp.gguf_keys), the base's
    provenance (licence, name, base models ...; an imported GGUF's own) as llama.cpp writes it;
 4. quantize with llama.cpp (output and embedding tensors at Q8_0 by default);
 5. per file: tokenization equality, maximum logit difference and safety-verdict agreement
@@ -34,6 +35,7 @@ import numpy as np
 
 from localguard import __version__, runs
 from localguard.backends.llamacpp import gguf_keys as keys
+from localguard.cls_token import head_rule
 from localguard.errors import InputError
 from localguard.export.inputs import (
     Inputs,
@@ -55,6 +57,7 @@ from localguard.files import temporary_name, write_json
 EXPORT_FILE = "export.json"
 F16_FILE = "model-F16.gguf"
 LORA_FILE = "lora.gguf"
+CLS_ROW = "cls"
 
 
 def export(opts: ExportOptions) -> dict:
@@ -135,6 +138,9 @@ def head_metadata(head, opts: ExportOptions) -> dict:
         meta[keys.HEAD_BIAS_SHIFT] = [0.0] * k
         meta[keys.HEAD_SCALE] = [float(keys.HEAD_ROW_SCALE)] * k
         meta[keys.HEAD_MODE] = str(head.metadata.get("mode", "unknown"))
+        rule = head_rule(head)
+        if rule is not None:
+            meta[keys.HEAD_CLS_RULE] = [rule.r1, rule.r2, rule.r3]
     return meta
 
 
@@ -171,6 +177,8 @@ def _export_full(
                 ExtraRow(n, head.weight[k] * keys.HEAD_ROW_SCALE, float(head.bias[k]))
                 for k, n in enumerate(head.names)
             ]
+            if head.cls is not None:  # the CLS token: its input row, exact (never sampled)
+                rows.append(ExtraRow(CLS_ROW, np.asarray(head.cls, np.float32), fed=True))
         f16 = out / F16_FILE
         tmp = temporary_name(f16)
         temporaries.append(tmp)
