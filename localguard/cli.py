@@ -769,7 +769,18 @@ def serve(**options: Any) -> None:
 @click.option("--force", is_flag=True, help="Replace OUT when it exists.")
 @schema_options(
     "guard",
-    ["threshold", "tau", "window", "refusal_prefix", "temperature", "top_p", "top_k", "max_tokens"],
+    [
+        "threshold",
+        "tau",
+        "window",
+        "refusal_prefix",
+        "cls_schedule",
+        "cls_period",
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+    ],
 )
 @schema_options("eval", ["apart", "apart_suites", "complier", "long_prefill_tokens", "task_data"])
 def eval_command(**options: Any) -> None:

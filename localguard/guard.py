@@ -64,6 +64,9 @@ class GuardSettings:
     refusal_prefix: str | None = None
     max_interventions: int = DEFAULT_MAX_INTERVENTIONS
     window: int | None = None  # None: tau (consecutive verdicts)
+    # a CLS head's re-checks (localguard/cls_token.py: due), for whoever opens the backend
+    cls_schedule: str = default("guard", "cls_schedule")
+    cls_period: int = default("guard", "cls_period")
 
     @classmethod
     def from_recipe(cls, guard: dict) -> tuple[GuardSettings, Sampling]:
@@ -77,6 +80,7 @@ class GuardSettings:
             tau=guard.get("tau"),
             refusal_prefix=guard.get("refusal_prefix"),
             window=guard.get("window") or None,  # the recipe's 0 means tau
+            **{k: guard[k] for k in ("cls_schedule", "cls_period") if guard.get(k) is not None},
         )
         keys = ("temperature", "top_p", "top_k", "max_tokens", "seed")
         return settings, Sampling(**{k: guard[k] for k in keys if guard.get(k) is not None})

@@ -35,6 +35,7 @@ from localguard.safety_head import (
     SafetyHead,
     calibrate,
     reliability_png,
+    stream_metrics,
     write_head,
 )
 
@@ -204,8 +205,12 @@ def train_head(opts: HeadOptions, resume: bool = False, force: bool = False) -> 
     adapter_config = None
     if opts.mode != "probe":
         head, adapter_config = _train_joint(opts, model, head, train, work)
-    task_traces = ht.traces(model, head, task_valid)
-    report = calibrate(head, ht.traces(model, head, valid), valid, opts.target_fpr, task_traces)
+    task_traces = ht.teacher_traces(model, head, task_valid)
+    teacher = ht.teacher_traces(model, head, valid)
+    report = calibrate(head, teacher, valid, opts.target_fpr, task_traces)
+    if rule:  # what the guard sees: the windows its own verdicts give, not the labels'
+        report["stream_teacher_windows"] = report["stream"]
+        report["stream"] = stream_metrics(head, ht.traces(model, head, valid), valid)
     head.metadata.update(
         mode=opts.mode,
         target_fpr=opts.target_fpr,

@@ -289,7 +289,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
             high=32,
         ),
         "refusal_prefix": _f("str", REFUSAL_PREFIX, "text forced when the guard refuses"),
-        # a CLS head's re-classification schedule (mlx; localguard/cls_token.py: due)
+        # a CLS head's re-classification schedule (localguard/cls_token.py: due)
         "cls_schedule": _f(
             "str",
             "every",

@@ -14,7 +14,10 @@ the median over rounds, with the lowest and highest beside it.
 On a small CPU machine, OPENBLAS_NUM_THREADS=1 makes both sides faster and steadier for small
 models (two BLAS threads fight MLX's own for two cores).
 
-Target: guarded / plain >= 0.95 on both.
+Target: guarded / plain >= 0.95 on both. A CLS head (head train --mode cls) pays a CLS step per
+re-check, so --cls-schedule names the schedules to time (one row each); the explicit-safety-
+signal paper reports annealed re-checks at under 0.2x overhead (plain / guarded - 1 <= 0.2),
+the target of the annealed rows.
 
 Where the guard intervenes (with the demo model: query refusals of the lock, "hurt my
 neighbour" and river prompts) the two sides decode different answers of different lengths,
@@ -24,7 +27,8 @@ both answer with as many tokens are timed; the table names how many, and --out l
 left out.
 
     python scripts/bench_guard.py --gguf /tmp/export-demo/model-Q4_K_M.gguf \
-        [--model MODEL --head DIR] [--max-tokens 64] [--out FILE.json]
+        [--model MODEL --head DIR] [--max-tokens 64] [--out FILE.json] \
+        [--cls-schedule every,periodic,annealed,first]
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ PROMPTS = [
     "What is the opposite of hot?",
 ]
 TARGET = 0.95
+CLS_OVERHEAD = 0.2  # annealed re-checks: plain / guarded - 1 at most this
 
 
 def _rate(tokens_seconds: list) -> float:
@@ -100,13 +105,15 @@ def guarded_answer(backend, max_tokens: int):
     return guarded
 
 
-def bench_llamacpp(path: Path, max_tokens: int, rounds: int, threads: int | None) -> dict:
+def bench_llamacpp(
+    path: Path, max_tokens: int, rounds: int, threads: int | None, cls: dict
+) -> dict:
     from localguard.backends.factory import open_guard_backend
     from localguard.backends.llamacpp.extra_buffers import open_llama
     from localguard.backends.llamacpp.gguf_runtime import default_threads
 
     threads = threads or default_threads(path)
-    backend = open_guard_backend(path, "llamacpp", n_ctx=512, n_threads=threads)
+    backend = open_guard_backend(path, "llamacpp", n_ctx=512, n_threads=threads, **cls)
     prompts = [backend.encode_chat([{"role": "user", "content": p}]) for p in PROMPTS]
     # the same extra buffer types as the guard's GGUFModel, so the ratio compares like with like
     llm = open_llama(path, n_ctx=512, n_batch=512, n_threads=threads, n_threads_batch=threads,
@@ -126,7 +133,9 @@ def bench_llamacpp(path: Path, max_tokens: int, rounds: int, threads: int | None
     return {"file": str(path), "threads": threads, **found}
 
 
-def bench_mlx(ref: str, head: Path, adapter: Path | None, max_tokens: int, rounds: int):
+def bench_mlx(
+    ref: str, head: Path, adapter: Path | None, max_tokens: int, rounds: int, cls: dict
+) -> dict:
     from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
 
@@ -136,7 +145,7 @@ def bench_mlx(ref: str, head: Path, adapter: Path | None, max_tokens: int, round
     from localguard.hub import resolve_model
 
     model = resolve_model(ref)
-    backend = open_guard_backend(model, "mlx", head=head, adapter=adapter)
+    backend = open_guard_backend(model, "mlx", head=head, adapter=adapter, **cls)
     if adapter is None and (head / ADAPTER_FILE).is_file():
         adapter = head  # the same weights on both sides
     # loaded as the guarded side is: mlx_lm.load would keep a float16 model's weights, which
@@ -167,27 +176,44 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds over the prompts")
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: as the guard)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    parser.add_argument(
+        "--cls-schedule", help="a CLS head's schedules to time, comma-separated (one row each)"
+    )
     args = parser.parse_args()
     if not args.gguf and not args.model:
         parser.error("give --gguf and/or --model with --head")
+    if args.model and not args.head:
+        parser.error("--model needs --head")
+    schedules = args.cls_schedule.split(",") if args.cls_schedule else [None]
     report: dict = {"prompts": len(PROMPTS), "max_tokens": args.max_tokens, "target": TARGET}
-    if args.gguf:
-        report["llamacpp"] = bench_llamacpp(args.gguf, args.max_tokens, args.repeats, args.threads)
-    if args.model:
-        if not args.head:
-            parser.error("--model needs --head")
-        report["mlx"] = bench_mlx(args.model, args.head, args.adapter, args.max_tokens,
-                                  args.repeats)  # fmt: skip
-    print(f"{'backend':10} {'plain tok/s':>12} {'guarded tok/s':>14} {'ratio':>7}  target")
-    for name in ("llamacpp", "mlx"):
-        if name in report:
-            r = report[name]
-            met = "met" if r["ratio"] >= TARGET else "NOT met"
-            print(
-                f"{name:10} {r['plain_tok_s']:12.1f} {r['guarded_tok_s']:14.1f} "
-                f"{r['ratio']:7.3f}  >= {TARGET} {met} (rounds {r['ratio_low']:.3f}-"
-                f"{r['ratio_high']:.3f}; {r['timed_prompts']} of {len(PROMPTS)} prompts)"
+    for schedule in schedules:
+        cls = {} if schedule is None else {"cls_schedule": schedule}
+        suffix = "" if schedule is None else f" cls {schedule}"
+        if args.gguf:
+            report["llamacpp" + suffix] = bench_llamacpp(
+                args.gguf, args.max_tokens, args.repeats, args.threads, cls
             )
+        if args.model:
+            report["mlx" + suffix] = bench_mlx(
+                args.model, args.head, args.adapter, args.max_tokens, args.repeats, cls
+            )
+    print(f"{'backend':22} {'plain tok/s':>12} {'guarded tok/s':>14} {'ratio':>7}  target")
+    for name, r in report.items():
+        if not isinstance(r, dict):
+            continue
+        overhead = 1 / r["ratio"] - 1
+        if name.endswith("cls annealed"):
+            met = "met" if overhead <= CLS_OVERHEAD else "NOT met"
+            target = f"overhead {overhead:.3f} <= {CLS_OVERHEAD} {met}"
+        elif " cls " in name:
+            target = f"overhead {overhead:.3f}"
+        else:
+            target = f">= {TARGET} {'met' if r['ratio'] >= TARGET else 'NOT met'}"
+        print(
+            f"{name:22} {r['plain_tok_s']:12.1f} {r['guarded_tok_s']:14.1f} {r['ratio']:7.3f}  "
+            f"{target} (rounds {r['ratio_low']:.3f}-{r['ratio_high']:.3f}; "
+            f"{r['timed_prompts']} of {len(PROMPTS)} prompts)"
+        )
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 

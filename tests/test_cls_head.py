@@ -234,26 +234,40 @@ def _conversations(cls_head):
 
     model_dir, data, _ = cls_head
     _, tokenizer = load(str(model_dir))
-    return [c for c in load_conversations(data, tokenizer, 128) if c.query == 0][:2]
+    convs = load_conversations(data, tokenizer, 128)
+    return [c for c in convs if c.query == 0][:2] + [c for c in convs if c.query == 1][:1]
 
 
-def test_generation_verdicts_are_the_trained_ones(cls_head) -> None:
-    """Token by token over the KV cache, with verdicts that never flag (so the windows are a
-    benign conversation's), the verdicts are traces' from the batch path."""
+def test_generation_verdicts_are_what_traces_says_the_guard_sees(cls_head) -> None:
+    """Token by token over the KV cache, the verdicts are traces' (windows from the head's own
+    verdicts): at its thresholds, never flagging (a benign conversation's windows, which are
+    also teacher_traces' for a benign one), with a turning point mid-reply, and with every
+    query malicious (the first r1 tokens)."""
     from dataclasses import replace
 
-    from localguard.backends.mlx.head_train import traces
+    from localguard.backends.mlx.head_train import teacher_traces, traces
 
-    backend, head = _backend(cls_head, thresholds=[np.inf, np.inf])
-    for conv in _conversations(cls_head):
-        benign = replace(conv, onset=-1, response=0)
-        expected = traces(backend.model, head, [benign])[0]
-        backend.reset()
-        # the query spans encode_chat would record for this prompt
-        backend._cls.prompt = (tuple(conv.tokens[: conv.start]), list(conv.query_spans))
-        rows = [backend.feed(conv.tokens[: conv.start], every=False).safety[-1]]
-        rows += [backend.feed([t]).safety[-1] for t in conv.tokens[conv.start :]]
-        assert np.abs(np.array(rows) - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    convs = _conversations(cls_head)
+    _, head = _backend(cls_head)
+    middle = np.median(np.concatenate([t[1:, 1] for t in traces(_backend(cls_head)[0].model,
+        replace(head, thresholds=np.array([np.inf, np.inf])), convs)]))  # fmt: skip
+    for thresholds in (None, [np.inf, np.inf], [np.inf, middle], [-np.inf, np.inf]):
+        backend, head = _backend(cls_head, thresholds=thresholds)
+        for conv in convs:
+            expected = traces(backend.model, head, [conv])[0]
+            if thresholds == [np.inf, np.inf]:
+                benign = replace(conv, onset=-1, response=0, query=0)
+                teacher = teacher_traces(backend.model, head, [benign])[0]
+                assert np.allclose(expected, teacher, atol=1e-4)
+            backend.reset()
+            # the query spans encode_chat would record for this prompt
+            backend._cls.prompt = (tuple(conv.tokens[: conv.start]), list(conv.query_spans))
+            rows = [backend.feed(conv.tokens[: conv.start], every=False).safety[-1]]
+            rows += [backend.feed([t]).safety[-1] for t in conv.tokens[conv.start :]]
+            scale = max(1.0, np.abs(expected).max())
+            assert np.abs(np.array(rows) - expected).max() < 1e-3 * scale, thresholds
+        if thresholds is not None and thresholds[1] == middle:
+            assert backend._cls.live.turn is not None  # the turning-point path was taken
 
 
 def test_first_only_schedule_carries_the_query_verdict(cls_head) -> None:

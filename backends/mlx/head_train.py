@@ -33,7 +33,16 @@ from localguard.backends.mlx.hidden import (
     language_model,
     output_logits,
 )
-from localguard.cls_token import ClsRule, cls_mask, head_rule, verdict_count
+from localguard.cls_token import (
+    ClsRule,
+    LiveVerdicts,
+    cls_mask,
+    head_rule,
+    query_columns,
+    row_positions,
+    rows_mask,
+    verdict_count,
+)
 from localguard.conversations import Conversation
 from localguard.errors import InputError
 from localguard.probe import STD_FLOOR
@@ -73,15 +82,60 @@ def reply_states(
             progress(len(chosen))
 
 
-def traces(
+def teacher_traces(
     model: nn.Module, head: SafetyHead, convs: Sequence[Conversation], batch_size: int = 16
 ) -> list[np.ndarray]:
-    """The head's logits at positions start - 1 .. len - 1 of each conversation (a CLS head's:
-    its verdicts after 0 .. n reply tokens, the same rows)."""
+    """The head's logits at positions start - 1 .. len - 1 of each conversation; a CLS head's
+    verdicts after 0 .. n reply tokens (the same rows) read the windows the labels give, as in
+    training: what calibration (before there are thresholds) and export parity read."""
     out: list[np.ndarray] = [np.zeros(0)] * len(convs)
     for i, states in state_reader(head.cls, head_rule(head))(model, convs, batch_size):
         out[i] = head.logits(states)
     return out
+
+
+def traces(
+    model: nn.Module, head: SafetyHead, convs: Sequence[Conversation], batch_size: int = 16
+) -> list[np.ndarray]:
+    """What a guard reading the head sees on each conversation: teacher_traces, but a CLS
+    head's windows are the ones generation gives them (live_cls_trace)."""
+    if head.cls is None:
+        return teacher_traces(model, head, convs, batch_size)
+    return [live_cls_trace(model, head, conv) for conv in convs]
+
+
+def live_cls_trace(model: nn.Module, head: SafetyHead, conv: Conversation) -> np.ndarray:
+    """A CLS head's calibrated verdicts after 0 .. n reply tokens with generation's windows
+    (cls_token.LiveVerdicts, re-checked every step): its first verdict and turning point come
+    from its own verdicts at its thresholds, not from the labels. Three CLS passes at most:
+    the query's, the reply's under the windows so far, and the rest after a turning point."""
+    q, r = head.index("query"), head.index("response")
+    query = query_columns(conv)
+    live = LiveVerdicts(
+        head_rule(head),
+        [(int(a), int(b)) for a, b in conv.query_spans] or [(0, conv.start)],
+        conv.start,
+        (q, r),
+        (float(head.thresholds[q]), float(head.thresholds[r])),
+    )
+    _, kept = _token_pass(model, mx.array([conv.tokens]))
+    cls = mx.array(np.asarray(head.cls, np.float32))
+
+    def verdicts(first: int, count: int) -> np.ndarray:
+        windows = live.windows(first, count)
+        mask = rows_mask(query, conv.start, windows, len(conv.tokens), count)
+        positions = row_positions(query, conv.start, windows)
+        states = _cls_pass(model, kept, cls, mx.array(positions[None]), mx.array(mask[None, None]))
+        return head.logits(np.array(states[0].astype(mx.float32)))
+
+    rows = [live.take(0, verdicts(0, 1)[0])]
+    n = len(conv.tokens) - conv.start
+    pending = verdicts(1, n) if n else np.zeros((0, len(head.names)))
+    for t in range(1, n + 1):
+        rows.append(live.take(t, pending[t - 1]))
+        if live.turn == t - 1 and t < n:  # the windows change from here on
+            pending = np.r_[pending[:t], verdicts(t + 1, n - t)]
+    return np.stack(rows)
 
 
 StateReader = Callable[..., Iterator[tuple[int, np.ndarray]]]

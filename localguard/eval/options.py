@@ -28,6 +28,8 @@ GUARD_KEYS = (
     "tau",
     "window",
     "refusal_prefix",
+    "cls_schedule",
+    "cls_period",
     "temperature",
     "top_p",
     "top_k",

@@ -197,7 +197,7 @@ def run_target(
     todo = [(i, c, have) for i, c, have in todo if not _decided(c, judges, have)]
     if not todo:
         return
-    backend = open_target(target) if any(not have for *_, have in todo) else None
+    backend = open_target(target, opts.guard) if any(not have for *_, have in todo) else None
     settings = dataclasses.replace(opts.guard, mode=target.guard)
     with runs.progress_bar(len(todo), f"{target.name:<24}") as bar:
         for index, case, have in todo:

@@ -20,15 +20,23 @@ from localguard.eval.options import (
     heldout_folder,
     long_prefill_and_task,
 )
+from localguard.guard import GuardSettings
 from localguard.hub import resolve_data, resolve_model
 from localguard.plan import Stage
 from localguard.recipe import Recipe
 
 
-def open_target(target: Target) -> GuardBackend:
-    """The target's model as a guard backend; the caller closes it."""
+def open_target(target: Target, guard: GuardSettings | None = None) -> GuardBackend:
+    """The target's model as a guard backend (a CLS head re-checked on guard's schedule, by
+    default the [guard] defaults'); the caller closes it."""
+    guard = guard or GuardSettings()
     return open_guard_backend(
-        target.model, target.backend, adapter=target.adapter, head=target.head
+        target.model,
+        target.backend,
+        adapter=target.adapter,
+        head=target.head,
+        cls_schedule=guard.cls_schedule,
+        cls_period=guard.cls_period,
     )
 
 

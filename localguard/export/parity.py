@@ -102,9 +102,9 @@ def mlx_reference(model, tokenizer, head, convs: list) -> Reference:
     logits = [np.array(model(mx.array([ids]))[0].astype(mx.float32)) for ids in sequences]
     traces = []
     if head is not None:
-        from localguard.backends.mlx.head_train import traces as head_traces
+        from localguard.backends.mlx.head_train import teacher_traces
 
-        traces = head_traces(model, head, convs)
+        traces = teacher_traces(model, head, convs)
     return Reference(texts, text_ids, chats, chat_ids, sequences, logits, convs, traces)
 
 
