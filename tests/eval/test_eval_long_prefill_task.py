@@ -117,7 +117,7 @@ def opened(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(suites, "open_guard_backend", open_backend)
     monkeypatch.setattr(
-        stage, "open_target", lambda t: CharBackend(lambda p: "xxxxxI can't do it.")
+        stage, "open_target", lambda t, guard=None: CharBackend(lambda p: "xxxxxI can't do it.")
     )
     return refs
 
@@ -191,7 +191,7 @@ def test_a_killed_evaluation_reuses_the_complier_replies(
 ) -> None:
     opts = fake_options(tmp_path)
 
-    def killed(target):
+    def killed(target, guard=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stage, "open_target", killed)
@@ -201,7 +201,9 @@ def test_a_killed_evaluation_reuses_the_complier_replies(
     lines = cache.read_text().splitlines()
     assert len(lines) == 4 and opened == ["mlx:fake-complier"]
     cache.write_text("\n".join(lines[:3]) + "\n" + lines[3][:10])  # killed mid-line
-    monkeypatch.setattr(stage, "open_target", lambda t: CharBackend(lambda p: "xxxxxok"))
+    monkeypatch.setattr(
+        stage, "open_target", lambda t, guard=None: CharBackend(lambda p: "xxxxxok")
+    )
     summary = stage.evaluate(opts)
     assert opened == ["mlx:fake-complier"] * 2  # reopened once, for the cut-short reply only
     assert summary["long_prefill"]["kept"] == 3
@@ -237,7 +239,7 @@ def test_task_accuracy_is_the_mean_over_conversations(tmp_path: Path, monkeypatc
             fed.append((len(tokens), every))
             return super().feed(tokens, every)
 
-    monkeypatch.setattr(stage, "open_target", lambda t: Counting(lambda p: "abcd"))
+    monkeypatch.setattr(stage, "open_target", lambda t, guard=None: Counting(lambda p: "abcd"))
     opts = fake_options(tmp_path, suites=["task"], task_data=task_file(tmp_path), complier=None)
     summary = stage.evaluate(opts)
     records = [
@@ -259,7 +261,7 @@ def test_task_accuracy_is_the_mean_over_conversations(tmp_path: Path, monkeypatc
 
 
 def test_task_data_rows_ranges_and_no_prompt_max(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(stage, "open_target", lambda t: CharBackend(lambda p: "abcd"))
+    monkeypatch.setattr(stage, "open_target", lambda t, guard=None: CharBackend(lambda p: "abcd"))
     completions = tmp_path / "pc.jsonl"
     rows = [{"prompt": f"q{i}", "completion": "ab"} for i in range(4)]
     completions.write_text("".join(json.dumps(r) + "\n" for r in rows))
