@@ -1,7 +1,8 @@
 """The safety head's streaming metrics on the starter world's held-out conversations.
 
-Trains the head on the demo starter model's safety_conversations split in both modes (probe:
-frozen model; stream: with LoRA), then reads it over conversations built from held-out
+Trains the head on the demo starter model's safety_conversations split in each mode (probe:
+frozen model; stream: with LoRA; cls: a CLS token with rule-bound attention, with LoRA; the
+CLS verdicts read the windows generation gives them), then reads it over conversations built from held-out
 requests (phrasings and targets no training split has): query AUROC at the last prompt token,
 response AUROC over reply tokens, detection delay from the onset of harmful content, and the
 share of benign replies flagged, both the corpus's replies and the model's own greedy answers
@@ -19,6 +20,7 @@ and the share of prompts the query output flags: the held-out part of the task d
 starter world's held-out new-skill questions. Writes OUT/head_task.json.
 
     python scripts/head_starter.py [--size demo] [--out runs/head-starter] [--task]
+        [--modes probe,stream,cls]
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--task", action="store_true", help="measure the task around the head")
+    parser.add_argument("--modes", default="probe,stream,cls", help="head modes, comma-separated")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="head-starter-"))
     model_dir = build(args.size, args.seed)
@@ -200,7 +203,7 @@ def main() -> None:
         return
     data = model_dir.parent / "data"
     result: dict = {"settings": HEAD, "modes": {}}
-    for mode in ("probe", "stream"):
+    for mode in args.modes.split(","):
         start = time.perf_counter()
         opts = HeadOptions(
             model=model_dir,

@@ -289,14 +289,15 @@ class GGUFModel:
     ) -> None:
         lib = self._lib
         trained = int(lib.llama_model_n_ctx_train(self._model))
-        n_ctx = min(n_ctx, trained) if trained > 0 else n_ctx
-        self.vocab = lib.llama_model_get_vocab(self._model)
-        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
-        self.n_ctx, self.n_batch = int(n_ctx), int(min(n_batch, n_ctx))
-        params = lib.llama_context_default_params()
         # a CLS step is a second sequence whose cells are the first one's (a unified cache lets
         # a sequence copy share cells by position range), plus one cell of its own
-        params.n_ctx = self.n_ctx + (cls_token is not None)
+        own = int(cls_token is not None)
+        n_ctx = min(n_ctx + own, trained) if trained > 0 else n_ctx + own
+        self.vocab = lib.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.n_ctx, self.n_batch = int(n_ctx) - own, int(min(n_batch, n_ctx - own))
+        params = lib.llama_context_default_params()
+        params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = self.n_batch
         params.n_seq_max = 1 + (cls_token is not None)
         params.kv_unified = params.kv_unified or cls_token is not None
