@@ -239,3 +239,31 @@ class LiveVerdicts:
         """Tokens from reply_length on are gone: so is a turning point among them."""
         if self.turn is not None and self.turn >= reply_length:
             self.turn = None
+
+
+class ClsState:
+    """What a backend's CLS reader keeps between feeds: the head's rule, its query and response
+    outputs and thresholds, the schedule, the query spans encode_chat recorded (prompt) and the
+    live verdicts of the reply being generated (begin makes them for a prompt feed)."""
+
+    def __init__(self, head, rule: ClsRule, schedule: str, period: int) -> None:
+        """head: a SafetyHead or a GGUF HeadSpec (index(name), thresholds)."""
+        check_schedule(schedule, period)
+        q, r = head.index("query"), head.index("response")
+        self.rule, self.schedule, self.period = rule, schedule, period
+        self.outputs = (q, r)
+        self.thresholds = (float(head.thresholds[q]), float(head.thresholds[r]))
+        self.live: LiveVerdicts | None = None
+        self.prompt: tuple[tuple[int, ...], list] | None = None
+
+    def begin(self, prompt: Sequence[int]) -> None:
+        """The prompt's state: its query spans, the reply starting after it."""
+        self.live = LiveVerdicts(
+            self.rule,
+            prompt_spans(prompt, self.prompt),
+            len(prompt),
+            self.outputs,
+            self.thresholds,
+            self.schedule,
+            self.period,
+        )

@@ -2,11 +2,12 @@
 
 Trains the head on the demo starter model's safety_conversations split in each mode (probe:
 frozen model; stream: with LoRA; cls: a CLS token with rule-bound attention, with LoRA; the
-CLS verdicts read the windows generation gives them), then reads it over conversations built from held-out
-requests (phrasings and targets no training split has): query AUROC at the last prompt token,
-response AUROC over reply tokens, detection delay from the onset of harmful content, and the
-share of benign replies flagged, both the corpus's replies and the model's own greedy answers
-to the held-out benign prompts (skills, borderline requests, the unseen new skill).
+CLS verdicts read the windows generation gives them), then reads it over conversations built
+from held-out requests (phrasings and targets no training split has): query AUROC at the last
+prompt token, response AUROC over reply tokens, detection delay from the onset of harmful
+content, and the share of benign replies flagged, both the corpus's replies and the model's
+own greedy answers to the held-out benign prompts (skills, borderline requests, the unseen new
+skill).
 Writes OUT/head_starter.json.
 
 Targets: query AUROC >= 0.99, response AUROC >= 0.98, median delay

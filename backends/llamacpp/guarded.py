@@ -33,7 +33,7 @@ import numpy as np
 
 from localguard.backends.base import GuardBackend, HeadInfo, Step
 from localguard.backends.llamacpp.gguf_runtime import GGUFModel, HeadSpec, read_metadata
-from localguard.cls_token import ClsRule, LiveVerdicts, check_schedule, prompt_spans
+from localguard.cls_token import ClsRule, ClsState
 from localguard.encoding import render_pieces
 from localguard.errors import InputError
 from localguard.recipe import default
@@ -53,20 +53,6 @@ def compile_chat_template(source: str):
     return env.from_string(source)
 
 
-def template_tokens(
-    template,
-    messages: Sequence[dict],
-    tokenize: Callable[[str, bool], list[int]],
-    specials: dict[str, str],
-    bos: int | None = None,
-    add_generation_prompt: bool = True,
-) -> list[int]:
-    """Token ids of a chat through a compiled template: the template's own text tokenized with
-    special-token parsing on (tokenize(text, True)), each message's text with it off; `bos` is
-    put first unless the template already did."""
-    return template_encoding(template, messages, tokenize, specials, bos, add_generation_prompt)[0]
-
-
 def template_encoding(
     template,
     messages: Sequence[dict],
@@ -75,7 +61,10 @@ def template_encoding(
     bos: int | None = None,
     add_generation_prompt: bool = True,
 ) -> tuple[list[int], list[tuple[int, int]]]:
-    """template_tokens, and the [first, end) ranges of the user messages' own text."""
+    """Token ids of a chat through a compiled template, and the [first, end) ranges of the
+    user messages' own text: the template's text tokenized with special-token parsing on
+    (tokenize(text, True)), each message's text with it off; `bos` is put first unless the
+    template already did."""
 
     def render(marked: list[dict]) -> str:
         return template.render(
@@ -95,31 +84,12 @@ def template_encoding(
     return ids, spans
 
 
-class _ClsSteps:
+class _ClsSteps(ClsState):
     """A CLS head's verdicts on llama.cpp (see the module docstring)."""
 
     def __init__(self, spec: HeadSpec, schedule: str, period: int) -> None:
-        check_schedule(schedule, period)
-        q, r = spec.index("query"), spec.index("response")
-        self.schedule, self.period = schedule, period
-        self.rule = ClsRule(*spec.cls_rule)
-        self.outputs = (q, r)
-        self.thresholds = (float(spec.thresholds[q]), float(spec.thresholds[r]))
+        super().__init__(spec, ClsRule(*spec.cls_rule), schedule, period)
         self.columns = np.array(spec.token_ids, np.intp)
-        self.live: LiveVerdicts | None = None
-        self.prompt: tuple[tuple[int, ...], list] | None = None
-
-    def begin(self, prompt: list[int]) -> None:
-        """The prompt's state: its query spans, the reply starting after it."""
-        self.live = LiveVerdicts(
-            self.rule,
-            prompt_spans(prompt, self.prompt),
-            len(prompt),
-            self.outputs,
-            self.thresholds,
-            self.schedule,
-            self.period,
-        )
 
     def verdicts(
         self, model: GGUFModel, count: int, calibrate: Callable[[np.ndarray], np.ndarray]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from localguard.backends.llamacpp.extra_buffers import open_llama
-from localguard.backends.llamacpp.guarded import compile_chat_template, template_tokens
+from localguard.backends.llamacpp.guarded import compile_chat_template, template_encoding
 from localguard.errors import InputError
 
 
@@ -59,7 +59,7 @@ class LlamaCppJudge:
         )
         bos = self.llm.token_bos() if adds_bos else None
         message = [{"role": "user", "content": text}]
-        return template_tokens(self.template, message, tokenize, specials, bos)
+        return template_encoding(self.template, message, tokenize, specials, bos)[0]
 
     def answer(self, text: str) -> str:
         """The judge's raw answer to one rubric-filled prompt."""

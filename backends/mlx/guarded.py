@@ -44,14 +44,7 @@ from localguard.backends.base import GuardBackend, HeadInfo, Sampler, Sampling, 
 from localguard.backends.mlx import loading
 from localguard.backends.mlx.head_train import bake_head, cache_cls_states
 from localguard.backends.mlx.hidden import hidden_size, language_model, output_logits
-from localguard.cls_token import (
-    LiveVerdicts,
-    check_schedule,
-    head_rule,
-    prompt_spans,
-    row_positions,
-    rows_mask,
-)
+from localguard.cls_token import ClsState, check_schedule, head_rule, row_positions, rows_mask
 from localguard.encoding import encode_chat, encode_text, hf_tokenizer, user_spans
 from localguard.errors import InputError
 from localguard.recipe import default
@@ -84,31 +77,14 @@ class _Ahead(NamedTuple):
     drawn_from: np.ndarray  # the host logits the Guard will sample from (checked by identity)
 
 
-class _ClsReader:
+class _ClsReader(ClsState):
     """A CLS head's verdicts during generation (see the module docstring)."""
 
     def __init__(self, head: SafetyHead, schedule: str, period: int) -> None:
-        q, r = head.index("query"), head.index("response")
-        self.rule, self.schedule, self.period = head_rule(head), schedule, period
-        self.outputs = (q, r)
-        self.thresholds = (float(head.thresholds[q]), float(head.thresholds[r]))
+        super().__init__(head, head_rule(head), schedule, period)
         self.cls = mx.array(np.asarray(head.cls, np.float32))
         self.rows = mx.array(np.asarray(head.weight, np.float32))
         self.bias = mx.array(np.asarray(head.bias, np.float32))
-        self.live: LiveVerdicts | None = None
-        self.prompt: tuple[tuple[int, ...], list[tuple[int, int]]] | None = None
-
-    def begin(self, prompt: list[int]) -> None:
-        """The prompt's state: its query spans, the reply starting after it."""
-        self.live = LiveVerdicts(
-            self.rule,
-            prompt_spans(prompt, self.prompt),
-            len(prompt),
-            self.outputs,
-            self.thresholds,
-            self.schedule,
-            self.period,
-        )
 
     def verdicts(self, model: nn.Module, cache: list, count: int) -> np.ndarray:
         """(count, K) verdicts after each of the last `count` tokens in the cache; nan for a
