@@ -26,7 +26,9 @@ def partial_dir(out: Path) -> Path:
 
 
 def prepare(out: Path, options: dict, resume: bool, force: bool) -> Path:
-    """The working folder OUT.partial: fresh, or the interrupted run's when resuming."""
+    """The working folder OUT.partial: fresh, or the interrupted run's when resuming. An
+    interrupted run with other options is refused, unless force (as the recipe runner passes:
+    a recipe whose settings changed makes it stale) starts over."""
     work = partial_dir(out)
     if out.exists() and not force:
         raise InputError(f"{out} already exists; pass --force to replace it")
@@ -37,9 +39,11 @@ def prepare(out: Path, options: dict, resume: bool, force: bool) -> Path:
     if resume and work.exists():
         saved = json.loads((work / "options.json").read_text())
         changed = sorted(k for k, v in options.items() if saved.get(k) != v)
-        if changed:
+        if not changed:
+            return work
+        if not force:
             raise InputError(f"--resume with other options than the interrupted run: {changed}")
-        return work
+        shutil.rmtree(work)
     work.mkdir(parents=True)
     write_json(work / "options.json", options)
     return work

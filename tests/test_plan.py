@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from localguard import runner
+import pytest
+
+from localguard import runner, runs
+from localguard.errors import InputError
 from localguard.plan import build_plan, format_plan
 from localguard.recipe import load_recipe
 
@@ -83,3 +86,17 @@ def test_model_dir_builds_the_starter_world_with_the_run_seed(monkeypatch, tmp_p
     stage = [s for s in build_plan(recipe) if s.name == "probe"][0]
     assert runner.model_dir(stage, recipe) == tmp_path / "model"
     assert built == [("test", 4)]
+
+
+def test_a_stale_interrupted_stage_starts_over_under_the_runner(tmp_path: Path) -> None:
+    """An interrupted training stage resumes with the same options; with other options (a
+    recipe changed since) the command line refuses, the runner (force) starts over."""
+    out = tmp_path / "head"
+    work = runs.prepare(out, {"iters": 100}, resume=False, force=False)
+    (work / "step.txt").write_text("50")
+    assert runs.prepare(out, {"iters": 100}, resume=True, force=True) == work
+    assert (work / "step.txt").exists()
+    with pytest.raises(InputError, match="other options than the interrupted run"):
+        runs.prepare(out, {"iters": 100, "r1": 5}, resume=True, force=False)
+    assert runs.prepare(out, {"iters": 100, "r1": 5}, resume=True, force=True) == work
+    assert not (work / "step.txt").exists()
