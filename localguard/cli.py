@@ -16,7 +16,7 @@ import click
 
 from localguard import __version__, blas
 from localguard.errors import LocalguardError
-from localguard.recipe import EVAL_SUITES, SCHEMA
+from localguard.recipe import EVAL_GUARD_KEYS, EVAL_SUITES, SCHEMA
 from localguard.refusal import REFUSAL_PREFIX
 
 MODEL_HELP = "Base model: folder, GGUF file, hub id, starter:SIZE or smollm2:135m."
@@ -767,21 +767,7 @@ def serve(**options: Any) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
 @click.option("--force", is_flag=True, help="Replace OUT when it exists.")
-@schema_options(
-    "guard",
-    [
-        "threshold",
-        "tau",
-        "window",
-        "refusal_prefix",
-        "cls_schedule",
-        "cls_period",
-        "temperature",
-        "top_p",
-        "top_k",
-        "max_tokens",
-    ],
-)
+@schema_options("guard", list(EVAL_GUARD_KEYS))
 @schema_options("eval", ["apart", "apart_suites", "complier", "long_prefill_tokens", "task_data"])
 def eval_command(**options: Any) -> None:
     """Attack a model and measure attack success, over-refusal, utility and task accuracy.

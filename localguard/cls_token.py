@@ -89,10 +89,15 @@ def teacher_windows(conv: Conversation, rule: ClsRule) -> np.ndarray:
     return np.array([window(t, conv.query == 1, turn, rule) for t in range(n + 1)], np.int64)
 
 
+def query_spans(conv: Conversation) -> list[tuple[int, int]]:
+    """[first, end) token ranges of the query: the user's text, or the whole prompt without
+    spans."""
+    return [(int(a), int(b)) for a, b in conv.query_spans] or [(0, conv.start)]
+
+
 def query_columns(conv: Conversation) -> np.ndarray:
-    """Token positions of the query: the user's text, or the whole prompt without spans."""
-    spans = conv.query_spans or ((0, conv.start),)
-    return np.concatenate([np.arange(a, b) for a, b in spans]).astype(np.int64)
+    """Token positions of the query (query_spans)."""
+    return np.concatenate([np.arange(a, b) for a, b in query_spans(conv)]).astype(np.int64)
 
 
 def row_positions(query: np.ndarray, start: int, windows: np.ndarray) -> np.ndarray:

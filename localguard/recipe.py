@@ -67,6 +67,19 @@ QUANT_TYPES = (
 DATA_SUFFIXES = (".csv", ".jsonl", ".json")
 # the suites that attack a fixed model with harmful prompts
 ATTACK_SUITES = ("direct", "prefill", "jailbreak", "decoding", "control_tokens")
+EVAL_GUARD_KEYS = (
+    "threshold",
+    "tau",
+    "window",
+    "refusal_prefix",
+    "cls_schedule",
+    "cls_period",
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+)
+"""The [guard] keys `localguard eval` takes as options (the mode comes from each target)."""
 EVAL_SUITES = (
     *ATTACK_SUITES,
     "finetune_attack",

@@ -39,6 +39,7 @@ from localguard.cls_token import (
     cls_mask,
     head_rule,
     query_columns,
+    query_spans,
     row_positions,
     rows_mask,
     verdict_count,
@@ -113,7 +114,7 @@ def live_cls_trace(model: nn.Module, head: SafetyHead, conv: Conversation) -> np
     query = query_columns(conv)
     live = LiveVerdicts(
         head_rule(head),
-        [(int(a), int(b)) for a, b in conv.query_spans] or [(0, conv.start)],
+        query_spans(conv),
         conv.start,
         (q, r),
         (float(head.thresholds[q]), float(head.thresholds[r])),

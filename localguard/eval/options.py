@@ -19,22 +19,10 @@ from localguard.data import split_row_range
 from localguard.errors import InputError
 from localguard.guard import GuardSettings
 from localguard.hub import resolve_data, resolve_model
-from localguard.recipe import default, option_value, schema_field
+from localguard.recipe import EVAL_GUARD_KEYS, default, option_value, schema_field
 from localguard.starter import starter_size
 
 STARTER_MIXES = ("attack_05", "attack_10", "attack_20")
-GUARD_KEYS = (
-    "threshold",
-    "tau",
-    "window",
-    "refusal_prefix",
-    "cls_schedule",
-    "cls_period",
-    "temperature",
-    "top_p",
-    "top_k",
-    "max_tokens",
-)
 
 
 @dataclass
@@ -264,7 +252,7 @@ def options_from_cli(options: dict[str, Any]) -> EvalOptions:
             options["critic"],
             _recipe_settings(options["recipe"]),
         )
-    settings, sampling = guard_settings({k: options[k] for k in GUARD_KEYS}, options["seed"])
+    settings, sampling = guard_settings({k: options[k] for k in EVAL_GUARD_KEYS}, options["seed"])
     prefill = _prefill_tokens(str(options["prefill_tokens"]))
     return EvalOptions(
         targets=targets,

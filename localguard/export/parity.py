@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localguard.cls_token import ClsRule, head_rule, teacher_windows
+from localguard.cls_token import ClsRule, head_rule, query_spans, teacher_windows
 from localguard.export.options import threads_arg
 from localguard.parity_texts import PARITY_TEXTS
 from localguard.stats import logit_agreement
@@ -172,7 +172,7 @@ def cls_raw(llm, conv, rule: ClsRule) -> np.ndarray:
     0 .. n reply tokens, with the windows the MLX traces read (the labels')."""
     llm.reset()
     llm.feed(conv.tokens, all_logits=False)
-    spans = [tuple(s) for s in conv.query_spans] or [(0, conv.start)]
+    spans = query_spans(conv)
     columns = np.asarray(llm.head.token_ids, np.intp)
     rows = [
         llm.cls([*spans, (conv.start + int(lo), conv.start + int(hi))], columns)
