@@ -282,15 +282,19 @@ def test_a_step_that_is_not_due_runs_no_cls_pass(cls_head, monkeypatch) -> None:
     """Between re-checks a decode step pays nothing for the head: the schedule is the cost."""
     import localguard.backends.mlx.guarded as guarded
 
-    passes = []
+    rows = []  # CLS rows computed by each pass
     real = guarded.cache_cls_states
-    monkeypatch.setattr(guarded, "cache_cls_states", lambda *a: passes.append(1) or real(*a))
+    monkeypatch.setattr(
+        guarded, "cache_cls_states", lambda *a: rows.append(a[3].shape[1]) or real(*a)
+    )
     backend, _ = _backend(cls_head, cls_schedule="periodic", cls_period=3)
     conv = _conversations(cls_head)[0]
     backend.feed(conv.tokens[: conv.start], every=False)
     for t in conv.tokens[conv.start : conv.start + 7]:
         backend.feed([t])
-    assert len(passes) == 1 + 2  # the query's verdict, then after 3 and 6 reply tokens
+    assert rows == [1, 1, 1]  # the query's verdict, then after 3 and 6 reply tokens
+    backend.feed(conv.tokens[conv.start + 7 : conv.start + 11])  # after 8 .. 11: 9 is due
+    assert rows == [1, 1, 1, 1]
 
 
 def test_the_guard_acts_on_cls_verdicts(cls_head) -> None:

@@ -92,18 +92,21 @@ class _ClsReader(ClsState):
         live = self.live
         length = cache[0].offset
         first = length - count + 1 - live.start  # reply tokens read by the first row
-        if count == 1 and first >= 0 and not live.wants(first):
-            return live.take(first, None)[None]  # not due: the last verdict stands, no pass
         if first < 0:
             inside = np.full((-first, self.rows.shape[0]), np.nan)
             return np.concatenate([inside, self.verdicts(model, cache, count + first)])
-        windows = live.windows(first, count)
-        mask = mx.array(rows_mask(live.query, live.start, windows, length, count)[None, None])
-        positions = mx.array(row_positions(live.query, live.start, windows)[None])
-        dtype = cache[0].keys.dtype
-        states = cache_cls_states(model, cache, self.cls.astype(dtype), positions, mask)
-        logits = np.array((states.astype(mx.float32) @ self.rows.T) + self.bias, np.float64)
-        return np.stack([live.take(first + i, row) for i, row in enumerate(logits)])
+        # one pass over the rows the schedule wants; the others carry the last verdict
+        wanted = [i for i in range(count) if live.wants(first + i)]
+        logits: dict[int, np.ndarray] = {}
+        if wanted:
+            windows = live.windows(first, count)[wanted]
+            mask = rows_mask(live.query, live.start, windows, length, len(wanted))
+            positions = mx.array(row_positions(live.query, live.start, windows)[None])
+            cls = self.cls.astype(cache[0].keys.dtype)
+            states = cache_cls_states(model, cache, cls, positions, mx.array(mask[None, None]))
+            rows = (states.astype(mx.float32) @ self.rows.T) + self.bias
+            logits = dict(zip(wanted, np.array(rows, np.float64), strict=True))
+        return np.stack([live.take(first + i, logits.get(i)) for i in range(count)])
 
 
 class MLXGuardBackend(GuardBackend):
