@@ -431,6 +431,14 @@ def head_score(
     "repeatable.",
 )
 @click.option(
+    "--max-context-chars",
+    type=click.IntRange(min=0),
+    default=SCHEMA["label"]["max_context_chars"].default,
+    show_default=True,
+    help="Cut a contextual request's document (HarmBench's ContextString) to this many "
+    "characters, at a word (0: whole).",
+)
+@click.option(
     "--refusal-prefix",
     default=REFUSAL_PREFIX,
     show_default=True,

@@ -30,7 +30,7 @@ from localguard import runs
 from localguard.backends.base import GuardBackend, Sampling
 from localguard.backends.factory import backend_for, gguf_path, open_guard_backend
 from localguard.errors import InputError
-from localguard.eval.prompts import EvalPrompt, load_prompts
+from localguard.eval.prompts import EvalPrompt, cut_context, load_prompts
 from localguard.files import describe, write_json, write_text
 from localguard.guard import GuardSettings, generate, prompt_messages
 from localguard.refusal import first_sentence, is_compliant, is_refusal
@@ -61,6 +61,7 @@ class LabelOptions:
     max_prompts: int  # per file; 0: all
     refusal_prefix: str
     skip_categories: list[str] = dataclasses.field(default_factory=list)  # case-insensitive
+    max_context_chars: int = 0  # a contextual request's document cut to this (0: whole)
 
     def describe(self) -> dict:
         """The options a resumed run must share (OUT itself may move)."""
@@ -111,14 +112,18 @@ def open_model(ref: str, adapter: str | None) -> GuardBackend:
 
 
 def read_prompts(
-    files: list[str], harmful: bool, limit: int, skip_categories: Iterable[str] = ()
+    files: list[str],
+    harmful: bool,
+    limit: int,
+    skip_categories: Iterable[str] = (),
+    max_context_chars: int = 0,
 ) -> list[EvalPrompt]:
     """Every prompt of the files, each labeled harmful or benign by the option that named it,
     but those whose category or kind is skipped (limit counts the prompts read, before the
-    skip)."""
+    skip); contexts cut to max_context_chars when it is above 0 (eval.prompts.cut_context)."""
     skip = {c.casefold() for c in skip_categories}
     return [
-        p
+        cut_context(p, max_context_chars) if max_context_chars else p
         for ref in files
         for p in load_prompts(ref, harmful=harmful, limit=limit)
         if not skip & {(p.category or "").casefold(), (p.kind or "").casefold()}
@@ -217,8 +222,8 @@ def label(opts: LabelOptions, force: bool = False) -> dict:
         raise InputError("no prompts: give --harmful FILE and/or --benign FILE")
     if not opts.refusal_prefix.strip():
         raise InputError("the refusal prefix must not be empty")
-    harmful = read_prompts(opts.harmful, True, opts.max_prompts, opts.skip_categories)
-    benign = read_prompts(opts.benign, False, opts.max_prompts, opts.skip_categories)
+    read = (opts.max_prompts, opts.skip_categories, opts.max_context_chars)
+    harmful, benign = read_prompts(opts.harmful, True, *read), read_prompts(opts.benign, False, *read)
     tasks = plan(harmful, benign)
     options = {**opts.describe(), "prompts": prompts_digest(tasks)}
     found, found_skipped = resume(opts.out, options, force)

@@ -134,6 +134,13 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "prompt categories left out, case-insensitive (HarmBench's SemanticCategory or "
             "FunctionalCategory, JailbreakBench's Category, ...), e.g. copyright, contextual",
         ),
+        "max_context_chars": _f(
+            "int",
+            0,
+            "a contextual request's document (HarmBench's ContextString) cut to this many "
+            "characters, at a word (0: whole)",
+            low=0,
+        ),
         "max_tokens": _f("int", 128, "tokens the model writes per reply", low=1),
         "temperature": _f("float", 0.0, "sampling temperature (0: greedy)", low=0.0, high=5.0),
     },

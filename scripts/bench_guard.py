@@ -17,7 +17,8 @@ models (two BLAS threads fight MLX's own for two cores).
 Target: guarded / plain >= 0.95 on both. A CLS head (head train --mode cls) pays a CLS step per
 re-check, so --cls-schedule names the schedules to time (one row each); the explicit-safety-
 signal paper reports annealed re-checks at under 0.2x overhead (plain / guarded - 1 <= 0.2),
-the target of the annealed rows.
+the target of the annealed rows. A schedule may carry its period, NAME:PERIOD (annealed:2:
+re-checks spaced 1 + t // 2 steps apart), else the guard's default cls_period applies.
 
 Where the guard intervenes (with the demo model: query refusals of the lock, "hurt my
 neighbour" and river prompts) the two sides decode different answers of different lengths,
@@ -28,7 +29,7 @@ left out.
 
     python scripts/bench_guard.py --gguf /tmp/export-demo/model-Q4_K_M.gguf \
         [--model MODEL --head DIR] [--max-tokens 64] [--out FILE.json] \
-        [--cls-schedule every,periodic,annealed,first]
+        [--cls-schedule every,periodic,annealed:1,annealed:4,first]
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: as the guard)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     parser.add_argument(
-        "--cls-schedule", help="a CLS head's schedules to time, comma-separated (one row each)"
+        "--cls-schedule",
+        help="a CLS head's schedules to time, comma-separated NAME[:PERIOD] (one row each)",
     )
     args = parser.parse_args()
     if not args.gguf and not args.model:
@@ -187,8 +189,11 @@ def main() -> None:
     schedules = args.cls_schedule.split(",") if args.cls_schedule else [None]
     report: dict = {"prompts": len(PROMPTS), "max_tokens": args.max_tokens, "target": TARGET}
     for schedule in schedules:
-        cls = {} if schedule is None else {"cls_schedule": schedule}
-        suffix = "" if schedule is None else f" cls {schedule}"
+        cls, suffix = {}, ""
+        if schedule is not None:
+            name, _, period = schedule.partition(":")
+            cls = {"cls_schedule": name, **({"cls_period": int(period)} if period else {})}
+            suffix = f" cls {schedule}"
         if args.gguf:
             report["llamacpp" + suffix] = bench_llamacpp(
                 args.gguf, args.max_tokens, args.repeats, args.threads, cls
@@ -197,12 +202,12 @@ def main() -> None:
             report["mlx" + suffix] = bench_mlx(
                 args.model, args.head, args.adapter, args.max_tokens, args.repeats, cls
             )
-    print(f"{'backend':22} {'plain tok/s':>12} {'guarded tok/s':>14} {'ratio':>7}  target")
+    print(f"{'backend':26} {'plain tok/s':>12} {'guarded tok/s':>14} {'ratio':>7}  target")
     for name, r in report.items():
         if not isinstance(r, dict):
             continue
         overhead = 1 / r["ratio"] - 1
-        if name.endswith("cls annealed"):
+        if " cls annealed" in name:
             met = "met" if overhead <= CLS_OVERHEAD else "NOT met"
             target = f"overhead {overhead:.3f} <= {CLS_OVERHEAD} {met}"
         elif " cls " in name:
@@ -210,7 +215,7 @@ def main() -> None:
         else:
             target = f">= {TARGET} {'met' if r['ratio'] >= TARGET else 'NOT met'}"
         print(
-            f"{name:22} {r['plain_tok_s']:12.1f} {r['guarded_tok_s']:14.1f} {r['ratio']:7.3f}  "
+            f"{name:26} {r['plain_tok_s']:12.1f} {r['guarded_tok_s']:14.1f} {r['ratio']:7.3f}  "
             f"{target} (rounds {r['ratio_low']:.3f}-{r['ratio_high']:.3f}; "
             f"{r['timed_prompts']} of {len(PROMPTS)} prompts)"
         )

@@ -34,7 +34,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,10 @@ _LABELS = {
 }
 
 
+CONTEXT_SEPARATOR = "\n\n---\n\n"
+"""Between a contextual request's document and the request, as HarmBench sends them."""
+
+
 @dataclass(frozen=True)
 class EvalPrompt:
     """One evaluation request.
@@ -76,6 +80,19 @@ class EvalPrompt:
     category: str | None = None
     source: str = ""
     kind: str | None = None  # the form of request beside its topic: HarmBench's FunctionalCategory
+    context: str | None = None  # the document a contextual request is about (prompt's start)
+
+
+def cut_context(prompt: EvalPrompt, max_chars: int) -> EvalPrompt:
+    """prompt with its context cut to at most max_chars (at a word, then " ..."): a contextual
+    request keeps its form at a fraction of its length. Other prompts come back as they are."""
+    context = prompt.context
+    if context is None or len(context) <= max_chars:
+        return prompt
+    request = prompt.prompt[len(context) + len(CONTEXT_SEPARATOR) :]
+    cut = context[: max_chars + 1].rsplit(None, 1)[0][:max_chars].rstrip() if max_chars else ""
+    short = f"{cut} ..." if cut else "..."
+    return replace(prompt, prompt=f"{short}{CONTEXT_SEPARATOR}{request}", context=short)
 
 
 @dataclass(frozen=True)
@@ -190,7 +207,7 @@ class _Reader:
             raise InputError(f"{loc}: empty {layout.prompt}")
         context = _text(row.get(layout.context), layout.context, loc) if layout.context else None
         if context is not None:
-            text = f"{context}\n\n---\n\n{text}"
+            text = f"{context}{CONTEXT_SEPARATOR}{text}"
         if self.harmful is not None:
             harmful = self.harmful
         else:
@@ -210,6 +227,7 @@ class _Reader:
             category=_text(row.get(layout.category), "category", loc) if layout.category else None,
             source=self.source,
             kind=_text(row.get(layout.kind), "kind", loc) if layout.kind else None,
+            context=context,
         )
 
 
