@@ -223,7 +223,8 @@ def label(opts: LabelOptions, force: bool = False) -> dict:
     if not opts.refusal_prefix.strip():
         raise InputError("the refusal prefix must not be empty")
     read = (opts.max_prompts, opts.skip_categories, opts.max_context_chars)
-    harmful, benign = read_prompts(opts.harmful, True, *read), read_prompts(opts.benign, False, *read)
+    harmful = read_prompts(opts.harmful, True, *read)
+    benign = read_prompts(opts.benign, False, *read)
     tasks = plan(harmful, benign)
     options = {**opts.describe(), "prompts": prompts_digest(tasks)}
     found, found_skipped = resume(opts.out, options, force)
