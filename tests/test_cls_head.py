@@ -297,6 +297,20 @@ def test_a_step_that_is_not_due_runs_no_cls_pass(cls_head, monkeypatch) -> None:
     assert rows == [1, 1, 1, 1]
 
 
+@pytest.mark.parametrize("schedule", ["every", "annealed"])
+@pytest.mark.parametrize("turns", [False, True])
+def test_drawing_ahead_changes_no_cls_reply(cls_head, schedule: str, turns: bool) -> None:
+    """The step drawn ahead computes its due CLS verdict early; when the Guard takes another
+    token (a refusal, a rewind) that verdict is undone with the step: the replies, the
+    interventions and the verdicts equal those of a run that cannot draw ahead, also where
+    every reply verdict turns (a turning point set by the step ahead, then dropped)."""
+    from backend_checks import check_drawing_ahead_changes_nothing
+
+    thresholds = [np.inf, -np.inf] if turns else None
+    backend, _ = _backend(cls_head, thresholds=thresholds, cls_schedule=schedule, cls_period=1)
+    check_drawing_ahead_changes_nothing(backend)
+
+
 def test_the_guard_acts_on_cls_verdicts(cls_head) -> None:
     from localguard.backends.base import Sampling
     from localguard.guard import generate

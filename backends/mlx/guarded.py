@@ -17,7 +17,9 @@ step its verdicts come from a CLS pass over the KV cache (one row per fed token,
 query and the rule's window, one position past the newest token it reads), taken on the chosen
 re-classification schedule; a token between re-checks carries the last verdict. The first feed
 after a reset is the prompt: its user text is the query when it came from encode_chat, else
-the whole prompt is. CLS mode keeps a plain KV cache on every block and does not draw ahead.
+the whole prompt is. CLS mode keeps a plain KV cache on every block; it draws ahead too: a
+step between re-checks costs no CLS pass, and a due one is computed with the step ahead (the
+live verdicts before it are kept, and come back when that step is dropped).
 
     backend = MLXGuardBackend.load(model_dir, head_dir)
     result = localguard.guard.generate(backend, [{"role": "user", "content": "Hi"}])
@@ -25,6 +27,7 @@ the whole prompt is. CLS mode keeps a plain KV cache on every block and does not
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -44,7 +47,14 @@ from localguard.backends.base import GuardBackend, HeadInfo, Sampler, Sampling, 
 from localguard.backends.mlx import loading
 from localguard.backends.mlx.head_train import bake_head, cache_cls_states
 from localguard.backends.mlx.hidden import hidden_size, language_model, output_logits
-from localguard.cls_token import ClsState, check_schedule, head_rule, row_positions, rows_mask
+from localguard.cls_token import (
+    ClsState,
+    LiveVerdicts,
+    check_schedule,
+    head_rule,
+    row_positions,
+    rows_mask,
+)
 from localguard.encoding import encode_chat, encode_text, hf_tokenizer, user_spans
 from localguard.errors import InputError
 from localguard.recipe import default
@@ -75,6 +85,7 @@ class _Ahead(NamedTuple):
     masked: mx.array  # the step after feeding it, as _outputs returns it
     safety: mx.array
     drawn_from: np.ndarray  # the host logits the Guard will sample from (checked by identity)
+    verdicts_before: LiveVerdicts | None  # a CLS head's live verdicts before the draw's
 
 
 class _ClsReader(ClsState):
@@ -234,33 +245,33 @@ class MLXGuardBackend(GuardBackend):
         else:
             self._drop_ahead()
             masked, safety = self._outputs(ids, every)
+        self._tokens += ids
         # (the cache's new entries are inputs of these outputs, so they are evaluated too)
-        if self._draw is not None and ids[-1] not in self.eos_ids and self._draws_ahead():
+        if self._draw is not None and ids[-1] not in self.eos_ids and self._can_trim():
             token = self._draw(masked)
             mx.async_eval(token)  # on its own, so that reading it waits for this step only
-            nxt = self._outputs(token, every=True)
+            before = None if self._cls is None else dataclasses.replace(self._cls.live)
+            nxt = self._outputs(token, every=True)  # a due CLS verdict is computed here
             mx.async_eval(*nxt)
             logits = np.array(masked, np.float32)
-            self._ahead = _Ahead(token, *nxt, logits)
+            self._ahead = _Ahead(token, *nxt, logits, before)
         else:
             mx.eval(masked, safety)
             logits = np.array(masked, np.float32)
-        self._tokens += ids
         return Step(logits, np.array(safety, np.float64))
 
     def _can_trim(self) -> bool:
         return can_trim_prompt_cache(self._cache)
 
-    def _draws_ahead(self) -> bool:
-        """Not for a CLS head: its next verdicts depend on the Guard's reading of this one."""
-        return self._cls is None and self._can_trim()
-
     def _drop_ahead(self) -> None:
         """Remove the queued step's token, if any, from the cache (rebuild it where it cannot
-        be trimmed)."""
-        if self._ahead is None:
+        be trimmed), and a CLS head's verdict on it."""
+        ahead = self._ahead
+        if ahead is None:
             return
         self._ahead = None
+        if ahead.verdicts_before is not None:
+            self._cls.live = ahead.verdicts_before
         if not (self._can_trim() and trim_prompt_cache(self._cache, 1) == 1):
             self._rebuild(self._tokens)
 
