@@ -13,8 +13,12 @@ feed, every due verdict (cls_token.due, on the chosen re-classification schedule
 step, GGUFModel.cls: a second KV-cache sequence that shares the cells of the query (the user
 messages' text that encode_chat recorded, else the whole prompt) and of the rule's window,
 decodes the CLS token one position past the newest of them, gives the head's columns of its
-logits, and is removed. llama.cpp only batches tokens of sequences that have not diverged, so
-the CLS step is a decode of its own, never batched with the next token's.
+logits, and is removed. The CLS step is a decode of its own. llama.cpp puts a token into two
+sequences only while both span the same positions, and the CLS sequence never holds the first
+one, so a verdict that reads the newest token cannot share that token's decode; one that reads
+up to the token before could, a token late, but on a CPU a decode of two rows costs nearly two
+decodes (scripts/bench_cls_batch.py: batching saves about 8 % of a re-check on SmolLM2-135M).
+The schedule is what makes CLS cheap: between re-checks a step costs what plain decoding does.
 
 The chat template is the file's `tokenizer.chat_template`, rendered in jinja2's sandbox around
 sentinels (localguard.encoding.render_pieces): the template's text is tokenized with control
