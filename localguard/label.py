@@ -120,10 +120,10 @@ def read_prompts(
 ) -> list[EvalPrompt]:
     """Every prompt of the files, each labeled harmful or benign by the option that named it,
     but those whose category or kind is skipped (limit counts the prompts read, before the
-    skip); contexts cut to max_context_chars when it is above 0 (eval.prompts.cut_context)."""
+    skip); contexts cut to max_context_chars (eval.prompts.cut_context; 0: whole)."""
     skip = {c.casefold() for c in skip_categories}
     return [
-        cut_context(p, max_context_chars) if max_context_chars else p
+        cut_context(p, max_context_chars)
         for ref in files
         for p in load_prompts(ref, harmful=harmful, limit=limit)
         if not skip & {(p.category or "").casefold(), (p.kind or "").casefold()}

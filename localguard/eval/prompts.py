@@ -84,13 +84,14 @@ class EvalPrompt:
 
 
 def cut_context(prompt: EvalPrompt, max_chars: int) -> EvalPrompt:
-    """prompt with its context cut to at most max_chars (at a word, then " ..."): a contextual
-    request keeps its form at a fraction of its length. Other prompts come back as they are."""
+    """prompt with its context cut to at most max_chars (at a word, then " ..."; 0: whole): a
+    contextual request keeps its form at a fraction of its length. Other prompts come back as
+    they are."""
     context = prompt.context
-    if context is None or len(context) <= max_chars:
+    if context is None or not max_chars or len(context) <= max_chars:
         return prompt
     request = prompt.prompt[len(context) + len(CONTEXT_SEPARATOR) :]
-    cut = context[: max_chars + 1].rsplit(None, 1)[0][:max_chars].rstrip() if max_chars else ""
+    cut = context[: max_chars + 1].rsplit(None, 1)[0][:max_chars].rstrip()
     short = f"{cut} ..." if cut else "..."
     return replace(prompt, prompt=f"{short}{CONTEXT_SEPARATOR}{request}", context=short)
 
