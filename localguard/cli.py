@@ -439,6 +439,15 @@ def head_score(
     "characters, at a word (0: whole).",
 )
 @click.option(
+    "--wrapper",
+    "wrappers",
+    multiple=True,
+    metavar="TEMPLATE",
+    help="A template holding {prompt} once (role-play, fiction, a question): every prompt "
+    "comes once more inside one of them, picked by --seed, labeled as its plain form; "
+    "repeatable.",
+)
+@click.option(
     "--refusal-prefix",
     default=REFUSAL_PREFIX,
     show_default=True,
@@ -465,7 +474,7 @@ def label_command(force: bool, **options: Any) -> None:
     from localguard.label import LabelOptions, format_summary, label
 
     options["out"] = Path(options["out"])
-    for key in ("harmful", "benign", "skip_categories"):
+    for key in ("harmful", "benign", "skip_categories", "wrappers"):
         options[key] = list(options[key])
     summary = label(LabelOptions(**options), force=force)
     click.echo(format_summary(summary))

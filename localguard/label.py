@@ -9,7 +9,12 @@ replies, generated with the guard off:
   own reply, kept only if the refusal matcher calls it compliant; query 1, response 1, onset
   from harmful_onset);
 - each benign prompt gives a *benign* row (the model's own answer; query 0, response 0), kept
-  even when the model refuses it, because that is what the model does.
+  even when the model refuses it, because that is what the model does;
+- with wrappers (templates around "{prompt}": role-play, fiction, "ignore your rules", a
+  question), every prompt comes once more inside one of them, picked by seed and prompt id, and
+  is labeled as its plain form is: a harmful request stays harmful in a story, a benign one
+  stays benign in a role-play, so neither the model nor the head learns the wrapper as the
+  signal.
 
 Rows go to OUT.partial as they are made, with the options and the harmful prompts skipped so
 far in the sidecar OUT.partial.json, so a killed run continues where it stopped when the same
@@ -41,6 +46,8 @@ LABELS = {"refusal": (1, 0), "harmful": (1, 1), "benign": (0, 0)}
 LEAD_IN_MAX_CHARS = 120
 """The longest first line that harmful_onset treats as an affirmative lead-in."""
 SIDECAR_SUFFIX = ".json"
+WRAPPER_SLOT = "{prompt}"
+"""Where a wrapper template takes the request."""
 
 Task = tuple[EvalPrompt, str]  # a prompt and the kind of row it gives
 
@@ -62,6 +69,7 @@ class LabelOptions:
     refusal_prefix: str
     skip_categories: list[str] = dataclasses.field(default_factory=list)  # case-insensitive
     max_context_chars: int = 0  # a contextual request's document cut to this (0: whole)
+    wrappers: list[str] = dataclasses.field(default_factory=list)  # templates with {prompt}
 
     def describe(self) -> dict:
         """The options a resumed run must share (OUT itself may move)."""
@@ -128,6 +136,23 @@ def read_prompts(
         for p in load_prompts(ref, harmful=harmful, limit=limit)
         if not skip & {(p.category or "").casefold(), (p.kind or "").casefold()}
     ]
+
+
+def wrapped(prompts: list[EvalPrompt], wrappers: list[str], seed: int) -> list[EvalPrompt]:
+    """prompts, then each once more inside one of wrappers (a template whose "{prompt}" the
+    request replaces), picked by seed and prompt id so a prompt keeps its wrapper as files grow;
+    the copy's id is the prompt's with "#wrapN" (N: the template's place) after it."""
+    for template in wrappers:
+        if template.count(WRAPPER_SLOT) != 1:
+            raise InputError(f"wrapper {template!r} must hold {WRAPPER_SLOT} exactly once")
+    if not wrappers:
+        return prompts
+    copies = []
+    for p in prompts:
+        n = reply_seed(seed, p.id, "wrap") % len(wrappers)
+        text = wrappers[n].replace(WRAPPER_SLOT, p.prompt)
+        copies.append(dataclasses.replace(p, id=f"{p.id}#wrap{n}", prompt=text, context=None))
+    return prompts + copies
 
 
 def plan(harmful: list[EvalPrompt], benign: list[EvalPrompt]) -> list[Task]:
@@ -223,8 +248,8 @@ def label(opts: LabelOptions, force: bool = False) -> dict:
     if not opts.refusal_prefix.strip():
         raise InputError("the refusal prefix must not be empty")
     read = (opts.max_prompts, opts.skip_categories, opts.max_context_chars)
-    harmful = read_prompts(opts.harmful, True, *read)
-    benign = read_prompts(opts.benign, False, *read)
+    harmful = wrapped(read_prompts(opts.harmful, True, *read), opts.wrappers, opts.seed)
+    benign = wrapped(read_prompts(opts.benign, False, *read), opts.wrappers, opts.seed)
     tasks = plan(harmful, benign)
     options = {**opts.describe(), "prompts": prompts_digest(tasks)}
     found, found_skipped = resume(opts.out, options, force)

@@ -141,6 +141,12 @@ SCHEMA: dict[str, dict[str, Field]] = {
             "characters, at a word (0: whole)",
             low=0,
         ),
+        "wrappers": _f(
+            "list[str]",
+            [],
+            "templates around {prompt} (role-play, fiction, a question): every prompt comes "
+            "once more inside one, picked by seed, labeled as its plain form",
+        ),
         "max_tokens": _f("int", 128, "tokens the model writes per reply", low=1),
         "temperature": _f("float", 0.0, "sampling temperature (0: greedy)", low=0.0, high=5.0),
     },

@@ -156,6 +156,21 @@ def test_the_evaluation_compares_every_system_as_a_gguf(tmp_path: Path) -> None:
     assert opts.task_data == attack / "heldout.jsonl"
 
 
+def test_the_real_recipes_training_wrappers_are_not_the_evaluations_attacks() -> None:
+    """[label] wrappers teach refusing a request inside a story or a persona; the attacks that
+    measure it must be other text, or the table would score the training templates."""
+    from localguard.eval.suites import CONTROL_INJECTIONS, JAILBREAKS
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "smollm2-135m.toml")
+    wrappers = recipe["label"]["wrappers"]
+    assert len(wrappers) >= 4
+    attacks = [*JAILBREAKS.values(), *CONTROL_INJECTIONS.values()]
+    for wrapper in wrappers:
+        outside = [part.strip() for part in wrapper.split("{prompt}") if part.strip()]
+        for attack in attacks:
+            assert not any(part in attack for part in outside), (wrapper, attack)
+
+
 # --- the stages, end to end on a tiny model ---------------------------------------------------
 
 
