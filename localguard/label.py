@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,15 +100,25 @@ def reply_seed(seed: int, prompt_id: str, kind: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def model_reply(backend: GuardBackend, prompt: str, start: str, sampling: Sampling) -> str:
+def model_reply(
+    backend: GuardBackend,
+    prompt: str,
+    start: str,
+    sampling: Sampling,
+    until: Callable[[str], bool] | None = None,
+) -> str:
     """The model's own reply with the guard off. A non-empty start is forced as the beginning
     of the reply (as eval's prefill attack forces it) and the model continues it; the start
-    does not count against sampling.max_tokens."""
+    does not count against sampling.max_tokens. until(text so far), where given, ends the
+    reply early once it holds: what a caller keeps of the reply is already written."""
     if start:
         budget = sampling.max_tokens + len(backend.encode_text(start))
         sampling = dataclasses.replace(sampling, max_tokens=budget)
     messages = prompt_messages(prompt, start)
-    return generate(backend, messages, GuardSettings(mode="off"), sampling).text
+    released: list[str] = []
+    halt = (lambda: until("".join(released))) if until else None
+    off = GuardSettings(mode="off")
+    return generate(backend, messages, off, sampling, released.append, halt=halt).text
 
 
 def open_model(ref: str, adapter: str | None) -> GuardBackend:
@@ -305,7 +315,8 @@ def generate_rows(
 def task_reply(opts: LabelOptions, backend: GuardBackend, prompt: EvalPrompt, kind: str) -> str:
     """The reply a row of this kind needs. A refusal continues the forced refusal prefix and
     ends with that sentence: an unaligned model made to start refusing often goes on to comply
-    ("However, I can provide ..."), and training on that would teach refusing, then answering."""
+    ("However, I can provide ..."), and training on that would teach refusing, then answering.
+    The reply stops at that sentence's end: the rest would be cut anyway."""
     sampling = Sampling(
         temperature=opts.temperature,
         max_tokens=opts.max_tokens,
@@ -313,8 +324,13 @@ def task_reply(opts: LabelOptions, backend: GuardBackend, prompt: EvalPrompt, ki
     )
     if kind != "refusal":
         return model_reply(backend, prompt.prompt, "", sampling)
-    reply = model_reply(backend, prompt.prompt, opts.refusal_prefix, sampling)
-    return first_sentence(reply, len(opts.refusal_prefix))
+    start = len(opts.refusal_prefix)
+
+    def ended(text: str) -> bool:
+        return first_sentence(text, start) != text
+
+    reply = model_reply(backend, prompt.prompt, opts.refusal_prefix, sampling, until=ended)
+    return first_sentence(reply, start)
 
 
 class Models:
