@@ -22,6 +22,17 @@ from localguard.data import load_dataset, read_jsonl
 from localguard.encoding import encode_exchange, encode_text, hf_tokenizer, user_spans
 from localguard.errors import InputError
 
+WRAPPED_MARK = "#wrap"
+"""`localguard label` gives each row its prompt's id; a wrapped copy's id adds this and the
+template's place."""
+
+
+def prompt_group(row_id: object) -> str:
+    """The prompt a labeled row came from: its id up to WRAPPED_MARK, so a prompt's refusal
+    row, harmful row and wrapped copies share one group and a validation split can keep them
+    together (the head is then measured on prompts it never trained on). "" without an id."""
+    return str(row_id).split(WRAPPED_MARK)[0] if row_id not in (None, "") else ""
+
 
 @dataclass
 class Conversation:
@@ -34,6 +45,7 @@ class Conversation:
     line: int = 0
     # [first, end) token ranges of the user's own text in the prompt; empty: the whole prompt
     query_spans: tuple[tuple[int, int], ...] = ()
+    group: str = ""  # the prompt the row came from (prompt_group); "": the row alone
 
     @property
     def response_labels(self) -> np.ndarray:
@@ -88,7 +100,10 @@ def encode_conversation(tokenizer, row: dict, max_length: int, where: str = "row
         onset = -1
     spans = tuple((a, min(b, start)) for a, b in user_spans(tokenizer, messages[:-1]) if a < start)
     kind = str(row.get("kind", ""))
-    return Conversation(tokens, start, onset, query, int(onset >= 0), kind, query_spans=spans)
+    group = prompt_group(row.get("id"))
+    return Conversation(
+        tokens, start, onset, query, int(onset >= 0), kind, query_spans=spans, group=group
+    )
 
 
 def onset_token(tokenizer, reply: str, onset_char: int) -> int:

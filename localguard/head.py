@@ -84,17 +84,23 @@ def option_names() -> list[str]:
 
 
 def split(convs: list[Conversation], fraction: float, seed: int):
-    """Train and validation conversations, stratified by (query, response) label pair."""
+    """Train and validation conversations, stratified by (query, response) label pair. The
+    rows of one prompt (Conversation.group) go to one side together, stratified by the pair of
+    the first; a row without a group is a group of its own."""
     rng = np.random.default_rng(seed)
-    train, valid = [], []
-    groups: dict[tuple[int, int], list[int]] = {}
+    members: dict[str, list[int]] = {}
     for i, c in enumerate(convs):
-        groups.setdefault((c.query, c.response), []).append(i)
-    for idx in groups.values():
-        idx = list(rng.permutation(idx))
-        n_valid = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
-        valid += idx[:n_valid]
-        train += idx[n_valid:]
+        members.setdefault(c.group or f"\0{i}", []).append(i)
+    groups = list(members.values())
+    strata: dict[tuple[int, int], list[int]] = {}
+    for g, idx in enumerate(groups):
+        strata.setdefault((convs[idx[0]].query, convs[idx[0]].response), []).append(g)
+    train, valid = [], []
+    for gs in strata.values():
+        gs = list(rng.permutation(gs))
+        n_valid = min(max(1, round(fraction * len(gs))), len(gs) - 1) if len(gs) > 1 else 0
+        valid += [i for g in gs[:n_valid] for i in groups[g]]
+        train += [i for g in gs[n_valid:] for i in groups[g]]
     return [convs[i] for i in sorted(train)], [convs[i] for i in sorted(valid)]
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from localguard import runs
 from localguard.backends.base import GuardBackend, Sampling
 from localguard.backends.factory import backend_for, gguf_path, open_guard_backend
+from localguard.conversations import WRAPPED_MARK
 from localguard.errors import InputError
 from localguard.eval.prompts import EvalPrompt, cut_context, load_prompts
 from localguard.files import describe, write_json, write_text
@@ -151,7 +152,7 @@ def read_prompts(
 def wrapped(prompts: list[EvalPrompt], wrappers: list[str], seed: int) -> list[EvalPrompt]:
     """prompts, then each once more inside one of wrappers (a template whose "{prompt}" the
     request replaces), picked by seed and prompt id so a prompt keeps its wrapper as files grow;
-    the copy's id is the prompt's with "#wrapN" (N: the template's place) after it."""
+    the copy's id is the prompt's with WRAPPED_MARK and N (the template's place) after it."""
     for template in wrappers:
         if template.count(WRAPPER_SLOT) != 1:
             raise InputError(f"wrapper {template!r} must hold {WRAPPER_SLOT} exactly once")
@@ -161,7 +162,8 @@ def wrapped(prompts: list[EvalPrompt], wrappers: list[str], seed: int) -> list[E
     for p in prompts:
         n = reply_seed(seed, p.id, "wrap") % len(wrappers)
         text = wrappers[n].replace(WRAPPER_SLOT, p.prompt)
-        copies.append(dataclasses.replace(p, id=f"{p.id}#wrap{n}", prompt=text, context=None))
+        copy_id = f"{p.id}{WRAPPED_MARK}{n}"
+        copies.append(dataclasses.replace(p, id=copy_id, prompt=text, context=None))
     return prompts + copies
 
 

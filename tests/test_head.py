@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from tiny_models import ARCHITECTURES, conversation_rows, make_tiny_model, write_jsonl
 
 from localguard.cli import cli
-from localguard.conversations import Conversation
+from localguard.conversations import Conversation, prompt_group
 from localguard.errors import InputError
-from localguard.head import HeadOptions, train_head
+from localguard.head import HeadOptions, split, train_head
 from localguard.safety_head import (
     SafetyHead,
     check_head_matches,
@@ -365,6 +365,35 @@ def _calibration_case() -> tuple[SafetyHead, list, list]:
         convs.append(conv)
         traces.append(np.stack([np.r_[query, np.zeros(6)], np.r_[-3.0, reply]], axis=1))
     return head, traces, convs
+
+
+def test_the_rows_of_one_prompt_stay_on_one_side_of_the_validation_split() -> None:
+    """A labeled prompt gives a refusal row, a harmful row and wrapped copies of both; were
+    they split apart, the validation AUROC would score prompts the head trained on."""
+    convs = []
+    for n in range(20):
+        for copy in ("", "#wrap3"):
+            for response in (0, 1):
+                group = prompt_group(f"jbb.csv:{n}{copy}")
+                convs.append(
+                    Conversation(
+                        [1, 2, 3], 1, 2 if response else -1, 1, response, "", 0, group=group
+                    )
+                )
+    for n in range(30):
+        for copy in ("", "#wrap0"):
+            convs.append(
+                Conversation([1, 2, 3], 1, -1, 0, 0, "", 0, group=prompt_group(f"a.json:{n}{copy}"))
+            )
+    train, valid = split(convs, 0.2, seed=0)
+    assert len(train) + len(valid) == len(convs)
+    sides = {c.group: set() for c in convs}
+    for side, part in (("train", train), ("valid", valid)):
+        for c in part:
+            sides[c.group].add(side)
+    assert all(len(s) == 1 for s in sides.values())
+    assert sum(c.response for c in valid) == 8 and sum(c.query == 0 for c in valid) == 12
+    assert prompt_group("a.json:7#wrap0") == "a.json:7" and prompt_group(None) == ""
 
 
 def test_the_query_threshold_counts_held_out_task_prompts_as_negatives() -> None:
