@@ -148,15 +148,17 @@ def test_kl_of_sampled_rows_counts_only_those_rows(adapted) -> None:
     model, _, _ = adapted
     rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15]]
     modules = lt.adapter_modules(model)
-    for _, module, _ in modules:
-        module.lora_b = mx.random.normal(module.lora_b.shape) * 0.05
+    for n, (_, module, _) in enumerate(modules):  # seeded: not whatever earlier tests drew
+        module.lora_b = mx.random.normal(module.lora_b.shape, key=mx.random.key(n)) * 0.05
     try:
         both = _with_reference(model, _batch(rows, [2, 2], [0.0, 0.5], 8))
         alone = _with_reference(model, _batch(rows[1:], [2], 0.5, 8))
-        assert both[3].item() == pytest.approx(alone[3].item(), rel=1e-4)  # row 2's KL only
+        # row 2's KL only (counting row 1's too would move it by far more than float32's
+        # batched-against-alone difference, about 1e-4 here)
+        assert both[3].item() == pytest.approx(alone[3].item(), rel=1e-3)
         nll_first = lt.adaptive_loss(model, _batch(rows[:1], [2], 0.0, 8), None)[0]
         expected = (nll_first.item() + alone[0].item()) / 2  # the loss is a mean over rows
-        assert both[0].item() == pytest.approx(expected, rel=1e-4)
+        assert both[0].item() == pytest.approx(expected, rel=1e-3)
     finally:
         for _, module, _ in modules:
             module.lora_b = mx.zeros(module.lora_b.shape)
