@@ -18,20 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from localguard.data import load_dataset, read_jsonl
+from localguard.data import load_dataset, prompt_group, read_jsonl
 from localguard.encoding import encode_exchange, encode_text, hf_tokenizer, user_spans
 from localguard.errors import InputError
-
-WRAPPED_MARK = "#wrap"
-"""`localguard label` gives each row its prompt's id; a wrapped copy's id adds this and the
-template's place."""
-
-
-def prompt_group(row_id: object) -> str:
-    """The prompt a labeled row came from: its id up to WRAPPED_MARK, so a prompt's refusal
-    row, harmful row and wrapped copies share one group and a validation split can keep them
-    together (the head is then measured on prompts it never trained on). "" without an id."""
-    return str(row_id).split(WRAPPED_MARK)[0] if row_id not in (None, "") else ""
 
 
 @dataclass

@@ -82,6 +82,19 @@ class Dataset:
 # Reading
 
 
+WRAPPED_MARK = "#wrap"
+"""`localguard label` gives each row its prompt's id; a wrapped copy's id adds this and the
+template's place."""
+
+
+def prompt_group(row_id: object) -> str:
+    """The prompt a labeled row came from: its id up to WRAPPED_MARK, so a prompt's refusal
+    row, harmful row and wrapped copies share one group and a validation split can keep them
+    together (the head and the probe are then measured on prompts they never trained on). ""
+    without an id."""
+    return str(row_id).split(WRAPPED_MARK)[0] if row_id not in (None, "") else ""
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """One JSON object per non-blank line, each a Row carrying its line number."""
     path = Path(path)
@@ -399,8 +412,9 @@ def content_key(prompt: str, response: str) -> str:
 
 def load_labeled_prompts(
     path: Path, tokenizer, max_length: int
-) -> tuple[list[list[int]], list[int]]:
-    """Prompt token ids (as the model sees them before it answers) and 0/1 labels.
+) -> tuple[list[list[int]], list[int], list[str]]:
+    """Prompt token ids (as the model sees them before it answers), 0/1 labels and each row's
+    prompt_group (so a validation split keeps a prompt's rows together).
 
     Rows are {"prompt": ..., "label": ...} or chats, whose prompt is everything up to the last
     user message. This is what the risk probe reads.
@@ -421,7 +435,7 @@ def load_labeled_prompts(
             raise InputError(f'{loc}: needs a "prompt" string or "messages"')
         prompts.append(_encode_prompt(tokenizer, messages)[:max_length])
         labels.append(_label(row, loc, _prompt_label_key(row)))
-    return prompts, labels
+    return prompts, labels, [prompt_group(row.get("id")) for row in rows]
 
 
 def _encode_prompt(tokenizer, messages: list[dict]) -> list[int]:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import click
-import numpy as np
 
 from localguard import __version__, runs
 from localguard.cls_token import ClsRule
@@ -38,6 +37,7 @@ from localguard.safety_head import (
     stream_metrics,
     write_head,
 )
+from localguard.stats import grouped_split
 
 MODES = ("stream", "probe", "cls")
 RELIABILITY_FILE = "reliability.png"
@@ -84,24 +84,11 @@ def option_names() -> list[str]:
 
 
 def split(convs: list[Conversation], fraction: float, seed: int):
-    """Train and validation conversations, stratified by (query, response) label pair. The
-    rows of one prompt (Conversation.group) go to one side together, stratified by the pair of
-    the first; a row without a group is a group of its own."""
-    rng = np.random.default_rng(seed)
-    members: dict[str, list[int]] = {}
-    for i, c in enumerate(convs):
-        members.setdefault(c.group or f"\0{i}", []).append(i)
-    groups = list(members.values())
-    strata: dict[tuple[int, int], list[int]] = {}
-    for g, idx in enumerate(groups):
-        strata.setdefault((convs[idx[0]].query, convs[idx[0]].response), []).append(g)
-    train, valid = [], []
-    for gs in strata.values():
-        gs = list(rng.permutation(gs))
-        n_valid = min(max(1, round(fraction * len(gs))), len(gs) - 1) if len(gs) > 1 else 0
-        valid += [i for g in gs[:n_valid] for i in groups[g]]
-        train += [i for g in gs[n_valid:] for i in groups[g]]
-    return [convs[i] for i in sorted(train)], [convs[i] for i in sorted(valid)]
+    """Train and validation conversations, stratified by (query, response) label pair, the
+    rows of one prompt (Conversation.group) on one side together (stats.grouped_split)."""
+    keys = [(c.query, c.response) for c in convs]
+    train, valid = grouped_split(keys, [c.group for c in convs], fraction, seed)
+    return [convs[i] for i in train], [convs[i] for i in valid]
 
 
 def _task_split(opts: HeadOptions, tokenizer) -> tuple[list[Conversation], list[Conversation]]:

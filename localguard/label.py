@@ -34,7 +34,7 @@ from pathlib import Path
 from localguard import runs
 from localguard.backends.base import GuardBackend, Sampling
 from localguard.backends.factory import backend_for, gguf_path, open_guard_backend
-from localguard.conversations import WRAPPED_MARK
+from localguard.data import WRAPPED_MARK
 from localguard.errors import InputError
 from localguard.eval.prompts import EvalPrompt, cut_context, load_prompts
 from localguard.files import describe, write_json, write_text

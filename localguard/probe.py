@@ -11,6 +11,7 @@ trained for another model is refused.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from localguard.stats import (
     binary_labels,
     binary_metrics,
     fit_logistic,
+    group_keys,
+    grouped_split,
     l2_cross_validation,
     platt_scaling,
     sigmoid,
@@ -81,34 +84,38 @@ class Probe:
 
 
 def stratified_split(
-    labels: np.ndarray, valid_fraction: float, seed: int
+    labels: np.ndarray, valid_fraction: float, seed: int, groups: Sequence[str] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation indices with each class split in the same proportion.
+    """Train and validation indices with each class split in the same proportion, the rows of
+    one group (a prompt's copies: its refusal and harmful rows, its wrapped forms) on one side.
 
-    Every class keeps at least one example on each side.
+    Every class keeps at least one group on each side.
     """
-    rng = np.random.default_rng(seed)
-    train, valid = [], []
-    for cls in (0, 1):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_valid = min(max(1, round(valid_fraction * idx.size)), idx.size - 1)
-        valid.append(idx[:n_valid])
-        train.append(idx[n_valid:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))
+    groups = groups if groups is not None else [""] * len(labels)
+    train, valid = grouped_split(np.asarray(labels).tolist(), groups, valid_fraction, seed)
+    return np.asarray(train, dtype=np.int64), np.asarray(valid, dtype=np.int64)
 
 
-def _check_training_data(features: np.ndarray, labels: np.ndarray) -> None:
+def _groups_per_label(labels: np.ndarray, groups: Sequence[str]) -> list[int]:
+    """How many groups (prompts) carry label 0 and label 1."""
+    keys = group_keys(groups)
+    return [len({k for k, y in zip(keys, labels, strict=True) if y == cls}) for cls in (0, 1)]
+
+
+def _check_training_data(features: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> None:
     if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
         raise InputError(
             f"features {features.shape} and labels {labels.shape} do not match: need (n, d), (n,)"
         )
+    if len(groups) != labels.shape[0]:
+        raise InputError(f"{len(groups)} groups for {labels.shape[0]} labels")
     if not np.isfinite(features).all():
         raise InputError("features contain NaN or infinite values")
-    counts = [int((labels == cls).sum()) for cls in (0, 1)]
+    counts = _groups_per_label(labels, groups)
     if min(counts) < 2:
         raise InputError(
-            f"labels: need at least 2 examples of each label, got {counts[0]} of label 0 "
-            f"and {counts[1]} of label 1"
+            f"labels: need at least 2 examples of each label (the rows of one prompt count "
+            f"once), got {counts[0]} of label 0 and {counts[1]} of label 1"
         )
 
 
@@ -122,21 +129,24 @@ def choose_l2(cv: dict) -> float:
     return max(v for v, area in zip(cv["l2"], areas, strict=True) if area >= floor)
 
 
-def select_l2(z: np.ndarray, y: np.ndarray, l2: float | str, seed: int) -> tuple[float, dict]:
+def select_l2(
+    z: np.ndarray, y: np.ndarray, l2: float | str, seed: int, groups: Sequence[str] | None = None
+) -> tuple[float, dict]:
     """The penalty to fit with, and what to record about it.
 
     A number is used as given; "auto" cross-validates L2_GRID on (z, y), the standardized
     training split (the standardization uses no labels, so sharing it across folds leaks
-    nothing a fold could fit to). With too few examples of a label for two folds, "auto" takes
-    the strongest penalty of the grid.
+    nothing a fold could fit to), a group's rows in one fold. With too few groups of a label
+    for two folds, "auto" takes the strongest penalty of the grid.
     """
     if isinstance(l2, str):
         if l2 != L2_AUTO:
             raise InputError(f"l2 must be a non-negative number or {L2_AUTO!r}, got {l2!r}")
-        k = min(CV_FOLDS, int(y.sum()), int(y.size - y.sum()))
+        groups = list(groups) if groups is not None else [""] * y.size
+        k = min(CV_FOLDS, *_groups_per_label(y, groups))
         if k < 2:
             return max(L2_GRID), {"l2_auto": True, "l2_cv": None}
-        cv = l2_cross_validation(z, y, L2_GRID, k, seed)
+        cv = l2_cross_validation(z, y, L2_GRID, k, seed, groups)
         cv["rule"] = f"strongest within max({CV_AUROC_SLACK}, 1 SE) of the best AUROC"
         return choose_l2(cv), {"l2_auto": True, "l2_cv": cv}
     if isinstance(l2, bool) or not isinstance(l2, (int, float)) or not 0 <= l2 < float("inf"):
@@ -151,21 +161,24 @@ def fit_probe(
     valid_fraction: float = default("probe", "valid_fraction"),
     l2: float | str = default("probe", "l2"),
     layers: list[int] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> tuple[Probe, dict]:
     """Fit, calibrate and evaluate a probe; metrics are on the held-out validation split,
-    which neither the fit nor the choice of its penalty (l2 = "auto") has seen."""
+    which neither the fit nor the choice of its penalty (l2 = "auto") has seen. groups (one
+    per row, "" for none) keep the rows of one prompt on one side of that split."""
     x = np.asarray(features, dtype=np.float64)
     y = binary_labels(labels, "labels")
-    _check_training_data(x, y)
+    groups = list(groups) if groups is not None else [""] * len(y)
+    _check_training_data(x, y, groups)
     if not 0 < valid_fraction < 1:
         raise InputError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
-    train, valid = stratified_split(y, valid_fraction, seed)
+    train, valid = stratified_split(y, valid_fraction, seed, groups)
     mean = x[train].mean(axis=0)
     std = x[train].std(axis=0)
     std = np.where(std > STD_FLOOR, std, 1.0)
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
     z = (x[train] - mean32) / std32
-    l2, l2_record = select_l2(z, y[train], l2, seed)
+    l2, l2_record = select_l2(z, y[train], l2, seed, [groups[i] for i in train])
     weight, bias = fit_logistic(z, y[train], l2)
     probe = Probe(
         weight=weight.astype(np.float32),

@@ -206,16 +206,57 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, f
     return basis.T @ theta[:-1], float(theta[-1])
 
 
-def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """A fold number in 0..k-1 per row, each label dealt round-robin after a seeded shuffle, so
-    every fold holds floor or ceil of 1/k of each label."""
-    y = binary_labels(labels, "labels")
+def group_keys(groups: Sequence[str]) -> list[str]:
+    """One key per row: its group, or for a row without one ("") a key of its own."""
+    return [group or f"\0{i}" for i, group in enumerate(groups)]
+
+
+def grouped_split(
+    keys: Sequence, groups: Sequence[str], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Train and validation indices, each stratum (key) split in the same proportion.
+
+    Rows that share a non-empty group (the copies of one prompt) go to one side together,
+    stratified by the key of the group's first row; a row without a group is a group of its
+    own. A stratum of two or more groups keeps at least one on each side, so a model is always
+    measured on groups it never trained on.
+    """
     rng = np.random.default_rng(seed)
-    folds = np.empty(y.size, dtype=np.int64)
+    members: dict[str, list[int]] = {}
+    for i, key in enumerate(group_keys(groups)):
+        members.setdefault(key, []).append(i)
+    rows = list(members.values())
+    strata: dict = {}
+    for g, idx in enumerate(rows):
+        strata.setdefault(keys[idx[0]], []).append(g)
+    train, valid = [], []
+    for gs in strata.values():
+        gs = list(rng.permutation(gs))
+        n_valid = min(max(1, round(fraction * len(gs))), len(gs) - 1) if len(gs) > 1 else 0
+        valid += [i for g in gs[:n_valid] for i in rows[g]]
+        train += [i for g in gs[n_valid:] for i in rows[g]]
+    return sorted(train), sorted(valid)
+
+
+def stratified_folds(
+    labels: np.ndarray, k: int, seed: int, groups: Sequence[str] | None = None
+) -> np.ndarray:
+    """A fold number in 0..k-1 per row, each label dealt round-robin after a seeded shuffle, so
+    every fold holds floor or ceil of 1/k of each label. With groups, the rows of one group
+    share a fold (dealt by the label of its first row)."""
+    y = binary_labels(labels, "labels")
+    keys = group_keys(groups if groups is not None else [""] * y.size)
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    number = {key: n for n, key in enumerate(first)}
+    heads = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+    rng = np.random.default_rng(seed)
+    folds = np.empty(heads.size, dtype=np.int64)
     for cls in (0, 1):
-        idx = rng.permutation(np.flatnonzero(y == cls))
+        idx = rng.permutation(np.flatnonzero(y[heads] == cls))
         folds[idx] = np.arange(idx.size) % k
-    return folds
+    return folds[[number[key] for key in keys]]
 
 
 def platt_scaling(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -237,10 +278,16 @@ def platt_scaling(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]
 
 
 def l2_cross_validation(
-    z: np.ndarray, y: np.ndarray, grid: Sequence[float], k: int, seed: int
+    z: np.ndarray,
+    y: np.ndarray,
+    grid: Sequence[float],
+    k: int,
+    seed: int,
+    groups: Sequence[str] | None = None,
 ) -> dict:
     """Stratified k-fold cross-validation of fit_logistic for every L2 in grid: the held-out
-    AUROC, its mean over the folds and that mean's standard error.
+    AUROC, its mean over the folds and that mean's standard error. The rows of one group (a
+    prompt's copies) share a fold, so no fold is scored on a prompt its fit has seen.
 
     AUROC because the fit only has to rank: the probe is Platt-calibrated afterwards, so a
     strong penalty's scores, squeezed toward 0.5, lose nothing by their scale. Each fold's SVD
@@ -248,7 +295,7 @@ def l2_cross_validation(
     the previous one ended (the same optimum in fewer steps).
     """
     y = binary_labels(y, "labels")
-    folds = stratified_folds(y, k, seed)
+    folds = stratified_folds(y, k, seed, groups)
     order = np.argsort(grid)[::-1]
     areas = np.empty((len(grid), k))
     for fold in range(k):

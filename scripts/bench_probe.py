@@ -117,7 +117,7 @@ def features(model_dir: Path, sets: dict[str, list[Row]], out: Path) -> dict[str
     for name, rows in sets.items():
         path = out / f"{name}.jsonl"
         write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        tokens, labels = load_labeled_prompts(path, tokenizer, default("data", "max_seq_length"))
+        tokens, labels, _ = load_labeled_prompts(path, tokenizer, default("data", "max_seq_length"))
         x = hidden.prompt_features(model, tokens, layers=layers, batch_size=16)
         found[name] = (x, np.asarray(labels))
     print(

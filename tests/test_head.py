@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from tiny_models import ARCHITECTURES, conversation_rows, make_tiny_model, write_jsonl
 
 from localguard.cli import cli
-from localguard.conversations import Conversation, prompt_group
+from localguard.conversations import Conversation
+from localguard.data import prompt_group
 from localguard.errors import InputError
 from localguard.head import HeadOptions, split, train_head
 from localguard.safety_head import (

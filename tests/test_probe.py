@@ -72,9 +72,29 @@ def test_platt_calibration_is_monotone_in_open_interval() -> None:
     assert np.all(np.diff(risk) > 0)
 
 
+def test_the_rows_of_one_prompt_stay_on_one_side_of_the_probe_split() -> None:
+    """A prompt's copies (its refusal and harmful rows, its wrapped forms) are one example for
+    the validation split: the probe is measured on prompts it never trained on. Each prompt
+    has its own random features, copied three times, and a random label: nothing to learn, so a
+    held-out AUROC near 0.5; split row by row, the copies let a weak penalty remember them."""
+    rng = np.random.default_rng(0)
+    n_prompts, copies = 60, 3
+    labels = np.repeat(np.arange(n_prompts) % 2, copies)
+    features = np.repeat(rng.normal(size=(n_prompts, 200)), copies, axis=0)
+    groups = [f"jbb.csv:{i // copies}" for i in range(labels.size)]
+    train, valid = stratified_split(labels, 0.2, seed=0, groups=groups)
+    assert {groups[i] for i in train}.isdisjoint({groups[i] for i in valid})
+    assert valid.size == 12 * copies and set(labels[valid]) == {0, 1}
+    _, leaky = fit_probe(features, labels, l2=0.01)
+    _, grouped = fit_probe(features, labels, l2=0.01, groups=groups)
+    assert leaky["auroc"] > 0.9 and grouped["auroc"] < 0.75
+    with pytest.raises(InputError, match="got 1 of label 0 and 1 of label 1"):
+        fit_probe(features[:6], labels[:6], groups=["a"] * 3 + ["b"] * 3)
+
+
 def test_fit_rejects_too_few_examples() -> None:
     features = np.zeros((5, 3))
-    with pytest.raises(InputError, match="at least 2 examples of each label, got 4 .* 1"):
+    with pytest.raises(InputError, match=r"at least 2 examples of each label \(.*\), got 4 .* 1"):
         fit_probe(features, np.array([0, 0, 0, 0, 1]))
 
 

@@ -104,6 +104,23 @@ def test_stratified_folds_deal_each_label_evenly() -> None:
     assert not np.array_equal(folds, stratified_folds(labels, 5, seed=4))
 
 
+def test_stratified_folds_keep_a_groups_rows_in_one_fold() -> None:
+    """A prompt's copies share a fold; each label's groups are dealt evenly, and rows without
+    a group fall exactly as they did without groups."""
+    labels = np.repeat(np.arange(30) % 2, 3)
+    groups = [f"p{i // 3}" for i in range(labels.size)]
+    folds = stratified_folds(labels, 5, seed=1, groups=groups)
+    assert all(len(set(folds[i : i + 3])) == 1 for i in range(0, labels.size, 3))
+    for cls in (0, 1):
+        counts = np.bincount(folds[::3][labels[::3] == cls], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    alone = np.array([1] * 13 + [0] * 29)
+    assert np.array_equal(
+        stratified_folds(alone, 5, seed=3, groups=[""] * alone.size),
+        stratified_folds(alone, 5, seed=3),
+    )
+
+
 def _signal(n: int, d: int, informative: int, shift: float, seed: int):
     """Standardized-looking features whose first `informative` columns carry the label."""
     rng = np.random.default_rng(seed)

@@ -88,11 +88,13 @@ def train_probe(
     batch_size: int = BATCH_SIZE,
     valid_fraction: float = default("probe", "valid_fraction"),
     l2: float | str = default("probe", "l2"),
+    groups: Sequence[str] | None = None,
 ) -> dict:
     """Fit a calibrated probe on the model's prompt activations, save it to `out`.
 
-    l2 is a penalty or "auto" (cross-validated on the training split). Returns the validation
-    metrics (auroc, f1, accuracy, n_train, n_valid, the l2 used, ...).
+    l2 is a penalty or "auto" (cross-validated on the training split); groups keep the rows of
+    one prompt on one side of the validation split. Returns the validation metrics (auroc, f1,
+    accuracy, n_train, n_valid, the l2 used, ...).
     """
     _check_examples(prompts_tokens, labels)
     model = load_model(model_dir)
@@ -102,7 +104,13 @@ def train_probe(
             model, prompts_tokens, layers=chosen, batch_size=batch_size, progress=update
         )
     probe, metrics = probe_lib.fit_probe(
-        features, labels, seed=seed, valid_fraction=valid_fraction, l2=l2, layers=chosen
+        features,
+        labels,
+        seed=seed,
+        valid_fraction=valid_fraction,
+        l2=l2,
+        layers=chosen,
+        groups=groups,
     )
     manifest = _manifest(model_dir, chosen, seed, len(labels))
     probe_lib.save_probe(probe, out, manifest)
@@ -139,7 +147,15 @@ def train_probe_file(
 
     check_out(Path(out), force)
     tokenizer = load_tokenizer(Path(model_dir))
-    prompts, labels = load_labeled_prompts(data, tokenizer, max_length)
+    prompts, labels, groups = load_labeled_prompts(data, tokenizer, max_length)
     return train_probe(
-        model_dir, prompts, labels, out, layers, seed, valid_fraction=valid_fraction, l2=l2
+        model_dir,
+        prompts,
+        labels,
+        out,
+        layers,
+        seed,
+        valid_fraction=valid_fraction,
+        l2=l2,
+        groups=groups,
     )
