@@ -91,24 +91,23 @@ def stratified_split(
 
     Every class keeps at least one group on each side.
     """
-    groups = groups if groups is not None else [""] * len(labels)
     train, valid = grouped_split(np.asarray(labels).tolist(), groups, valid_fraction, seed)
     return np.asarray(train, dtype=np.int64), np.asarray(valid, dtype=np.int64)
 
 
-def _groups_per_label(labels: np.ndarray, groups: Sequence[str]) -> list[int]:
+def _groups_per_label(labels: np.ndarray, groups: Sequence[str] | None) -> list[int]:
     """How many groups (prompts) carry label 0 and label 1."""
-    keys = group_keys(groups)
+    keys = group_keys(groups, labels.size)
     return [len({k for k, y in zip(keys, labels, strict=True) if y == cls}) for cls in (0, 1)]
 
 
-def _check_training_data(features: np.ndarray, labels: np.ndarray, groups: Sequence[str]) -> None:
+def _check_training_data(
+    features: np.ndarray, labels: np.ndarray, groups: Sequence[str] | None
+) -> None:
     if features.ndim != 2 or labels.ndim != 1 or features.shape[0] != labels.shape[0]:
         raise InputError(
             f"features {features.shape} and labels {labels.shape} do not match: need (n, d), (n,)"
         )
-    if len(groups) != labels.shape[0]:
-        raise InputError(f"{len(groups)} groups for {labels.shape[0]} labels")
     if not np.isfinite(features).all():
         raise InputError("features contain NaN or infinite values")
     counts = _groups_per_label(labels, groups)
@@ -142,7 +141,6 @@ def select_l2(
     if isinstance(l2, str):
         if l2 != L2_AUTO:
             raise InputError(f"l2 must be a non-negative number or {L2_AUTO!r}, got {l2!r}")
-        groups = list(groups) if groups is not None else [""] * y.size
         k = min(CV_FOLDS, *_groups_per_label(y, groups))
         if k < 2:
             return max(L2_GRID), {"l2_auto": True, "l2_cv": None}
@@ -168,7 +166,6 @@ def fit_probe(
     per row, "" for none) keep the rows of one prompt on one side of that split."""
     x = np.asarray(features, dtype=np.float64)
     y = binary_labels(labels, "labels")
-    groups = list(groups) if groups is not None else [""] * len(y)
     _check_training_data(x, y, groups)
     if not 0 < valid_fraction < 1:
         raise InputError(f"valid_fraction must be between 0 and 1, got {valid_fraction}")
@@ -178,7 +175,8 @@ def fit_probe(
     std = np.where(std > STD_FLOOR, std, 1.0)
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
     z = (x[train] - mean32) / std32
-    l2, l2_record = select_l2(z, y[train], l2, seed, [groups[i] for i in train])
+    train_groups = [groups[i] for i in train] if groups is not None else None
+    l2, l2_record = select_l2(z, y[train], l2, seed, train_groups)
     weight, bias = fit_logistic(z, y[train], l2)
     probe = Probe(
         weight=weight.astype(np.float32),

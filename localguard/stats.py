@@ -206,13 +206,18 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, f
     return basis.T @ theta[:-1], float(theta[-1])
 
 
-def group_keys(groups: Sequence[str]) -> list[str]:
-    """One key per row: its group, or for a row without one ("") a key of its own."""
+def group_keys(groups: Sequence[str] | None, n: int) -> list[str]:
+    """One key per row of n: its group, or for a row without one ("", or no groups at all) a
+    key of its own."""
+    if groups is None:
+        groups = [""] * n
+    if len(groups) != n:
+        raise InputError(f"{len(groups)} groups for {n} rows")
     return [group or f"\0{i}" for i, group in enumerate(groups)]
 
 
 def grouped_split(
-    keys: Sequence, groups: Sequence[str], fraction: float, seed: int
+    keys: Sequence, groups: Sequence[str] | None, fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
     """Train and validation indices, each stratum (key) split in the same proportion.
 
@@ -223,7 +228,7 @@ def grouped_split(
     """
     rng = np.random.default_rng(seed)
     members: dict[str, list[int]] = {}
-    for i, key in enumerate(group_keys(groups)):
+    for i, key in enumerate(group_keys(groups, len(keys))):
         members.setdefault(key, []).append(i)
     rows = list(members.values())
     strata: dict = {}
@@ -245,7 +250,7 @@ def stratified_folds(
     every fold holds floor or ceil of 1/k of each label. With groups, the rows of one group
     share a fold (dealt by the label of its first row)."""
     y = binary_labels(labels, "labels")
-    keys = group_keys(groups if groups is not None else [""] * y.size)
+    keys = group_keys(groups, y.size)
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         first.setdefault(key, i)
