@@ -216,6 +216,14 @@ def group_keys(groups: Sequence[str] | None, n: int) -> list[str]:
     return [group or f"\0{i}" for i, group in enumerate(groups)]
 
 
+def group_rows(groups: Sequence[str] | None, n: int) -> list[list[int]]:
+    """The row indices of each group (group_keys), groups in order of their first row."""
+    members: dict[str, list[int]] = {}
+    for i, key in enumerate(group_keys(groups, n)):
+        members.setdefault(key, []).append(i)
+    return list(members.values())
+
+
 def grouped_split(
     keys: Sequence, groups: Sequence[str] | None, fraction: float, seed: int
 ) -> tuple[list[int], list[int]]:
@@ -227,10 +235,7 @@ def grouped_split(
     measured on groups it never trained on.
     """
     rng = np.random.default_rng(seed)
-    members: dict[str, list[int]] = {}
-    for i, key in enumerate(group_keys(groups, len(keys))):
-        members.setdefault(key, []).append(i)
-    rows = list(members.values())
+    rows = group_rows(groups, len(keys))
     strata: dict = {}
     for g, idx in enumerate(rows):
         strata.setdefault(keys[idx[0]], []).append(g)
@@ -250,18 +255,17 @@ def stratified_folds(
     every fold holds floor or ceil of 1/k of each label. With groups, the rows of one group
     share a fold (dealt by the label of its first row)."""
     y = binary_labels(labels, "labels")
-    keys = group_keys(groups, y.size)
-    first: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        first.setdefault(key, i)
-    number = {key: n for n, key in enumerate(first)}
-    heads = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+    rows = group_rows(groups, y.size)
+    heads = np.array([r[0] for r in rows], dtype=np.int64)
     rng = np.random.default_rng(seed)
-    folds = np.empty(heads.size, dtype=np.int64)
+    group_fold = np.empty(heads.size, dtype=np.int64)
     for cls in (0, 1):
         idx = rng.permutation(np.flatnonzero(y[heads] == cls))
-        folds[idx] = np.arange(idx.size) % k
-    return folds[[number[key] for key in keys]]
+        group_fold[idx] = np.arange(idx.size) % k
+    folds = np.empty(y.size, dtype=np.int64)
+    for g, members in enumerate(rows):
+        folds[members] = group_fold[g]
+    return folds
 
 
 def platt_scaling(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
