@@ -465,8 +465,8 @@ def label_command(force: bool, **options: Any) -> None:
     Each harmful prompt gives a refusal row (the refusal prefix continued by the model: query
     1, response 0) and a harmful row (the complier's reply, if it does not refuse: query 1,
     response 1, onset after a short "Sure, here is ...:" line, else 0); each benign prompt gives
-    the model's answer (query 0, response 0), kept even when the model refuses. Rows carry kind,
-    source and id. An interrupted run continues where it stopped when the same command is run
+    the model's answer (query 0, response 0), if it does not refuse. Rows carry kind, source and
+    id. An interrupted run continues where it stopped when the same command is run
     again (OUT.partial and OUT.partial.json).
     """
     from pathlib import Path

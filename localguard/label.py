@@ -8,18 +8,18 @@ replies, generated with the guard off:
   reply and continued by the model; query 1, response 0) and a *harmful* row (the complier's
   own reply, kept only if the refusal matcher calls it compliant; query 1, response 1, onset
   from harmful_onset);
-- each benign prompt gives a *benign* row (the model's own answer; query 0, response 0), kept
-  even when the model refuses it, because that is what the model does;
+- each benign prompt gives a *benign* row (the model's own answer; query 0, response 0),
+  skipped when the model refuses it: the rows teach the aligned model to answer benign
+  prompts, and a refusal there would teach over-refusal (of wrapped benign prompts mostly);
 - with wrappers (templates around "{prompt}": role-play, fiction, "ignore your rules", a
   question), every prompt comes once more inside one of them, picked by seed and prompt id, and
   is labeled as its plain form is: a harmful request stays harmful in a story, a benign one
   stays benign in a role-play, so neither the model nor the head learns the wrapper as the
   signal.
 
-Rows go to OUT.partial as they are made, with the options and the harmful prompts skipped so
-far in the sidecar OUT.partial.json, so a killed run continues where it stopped when the same
-command runs again (as `localguard eval` continues its partial folder); the finished file is
-renamed to OUT.
+Rows go to OUT.partial as they are made, with the options and the rows skipped so far in the
+sidecar OUT.partial.json, so a killed run continues where it stopped when the same command runs
+again (as `localguard eval` continues its partial folder); the finished file is renamed to OUT.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from localguard.errors import InputError
 from localguard.eval.prompts import EvalPrompt, cut_context, load_prompts
 from localguard.files import describe, write_json, write_text
 from localguard.guard import GuardSettings, generate, prompt_messages
-from localguard.refusal import first_sentence, is_compliant, is_refusal
+from localguard.refusal import first_sentence, is_compliant
 
 KINDS = ("refusal", "harmful", "benign")
 # (query_label, response_label) of each kind; the onset is -1 unless the reply is harmful.
@@ -49,6 +49,9 @@ LEAD_IN_MAX_CHARS = 120
 SIDECAR_SUFFIX = ".json"
 WRAPPER_SLOT = "{prompt}"
 """Where a wrapper template takes the request."""
+
+ANSWERED = ("harmful", "benign")
+"""The kinds whose row is the model's own answer: skipped where the reply is not one."""
 
 Task = tuple[EvalPrompt, str]  # a prompt and the kind of row it gives
 
@@ -203,8 +206,8 @@ def sidecar_path(partial: Path) -> Path:
     return partial.with_name(partial.name + SIDECAR_SUFFIX)
 
 
-def write_sidecar(partial: Path, options: dict, skipped: set[str]) -> None:
-    """The run's options and the harmful prompts whose replies were skipped, atomically."""
+def write_sidecar(partial: Path, options: dict, skipped: set[tuple[str, str]]) -> None:
+    """The run's options and the (id, kind) of the rows skipped so far, atomically."""
     write_json(sidecar_path(partial), {"options": options, "skipped": sorted(skipped)})
 
 
@@ -213,8 +216,10 @@ def read_rows(path: Path) -> dict[tuple[str, str], dict]:
     return {(row["id"], row["kind"]): row for row in runs.read_appended(path)}
 
 
-def resume(out: Path, options: dict, force: bool) -> tuple[dict[tuple[str, str], dict], set[str]]:
-    """(rows, skipped harmful prompt ids) of an interrupted run with these options, or nothing.
+def resume(
+    out: Path, options: dict, force: bool
+) -> tuple[dict[tuple[str, str], dict], set[tuple[str, str]]]:
+    """(rows, skipped (id, kind)) of an interrupted run with these options, or nothing.
     OUT existing is an error without --force. An interrupted run with other options is refused
     unless it got no further than its options (then the corrected command just runs) or
     --force starts over, as `localguard eval` does with its partial folder."""
@@ -225,7 +230,7 @@ def resume(out: Path, options: dict, force: bool) -> tuple[dict[tuple[str, str],
     partial = runs.partial_dir(out)
     sidecar = sidecar_path(partial)
     saved = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else {}
-    rows, skipped = read_rows(partial), set(saved.get("skipped", []))
+    rows, skipped = read_rows(partial), {tuple(key) for key in saved.get("skipped", [])}
     changed = sorted(k for k, v in options.items() if saved.get("options", {}).get(k) != v)
     if saved and changed and (rows or skipped) and not force:
         raise InputError(
@@ -237,11 +242,11 @@ def resume(out: Path, options: dict, force: bool) -> tuple[dict[tuple[str, str],
     return rows, skipped
 
 
-def done_prefix(tasks: list[Task], rows: dict, skipped: set[str]) -> int:
-    """How many tasks from the start are done (a row written, or a harmful reply skipped):
-    what is kept, so the output stays in plan order."""
+def done_prefix(tasks: list[Task], rows: dict, skipped: set[tuple[str, str]]) -> int:
+    """How many tasks from the start are done (a row written or skipped): what is kept, so the
+    output stays in plan order."""
     for n, (p, kind) in enumerate(tasks):
-        if (p.id, kind) not in rows and not (kind == "harmful" and p.id in skipped):
+        if (p.id, kind) not in rows and (p.id, kind) not in skipped:
             return n
     return len(tasks)
 
@@ -267,7 +272,7 @@ def label(opts: LabelOptions, force: bool = False) -> dict:
     found, found_skipped = resume(opts.out, options, force)
     kept = done_prefix(tasks, found, found_skipped)
     rows = [found[(p.id, kind)] for p, kind in tasks[:kept] if (p.id, kind) in found]
-    skipped = {p.id for p, kind in tasks[:kept] if kind == "harmful" and p.id in found_skipped}
+    skipped = {(p.id, kind) for p, kind in tasks[:kept]} & found_skipped
     partial = runs.partial_dir(opts.out)
     write_text(partial, _lines(rows))  # the kept rows, without a cut-short last line
     write_sidecar(partial, options, skipped)
@@ -284,10 +289,15 @@ def prompts_digest(tasks: list[Task]) -> str:
 
 
 def generate_rows(
-    opts: LabelOptions, todo: list[Task], partial: Path, options: dict, skipped: set[str]
+    opts: LabelOptions,
+    todo: list[Task],
+    partial: Path,
+    options: dict,
+    skipped: set[tuple[str, str]],
 ) -> list[dict]:
-    """Make the rows of todo, appending each to partial as it comes; a harmful reply that is a
-    refusal is skipped (added to skipped, which the sidecar keeps). The new rows."""
+    """Make the rows of todo, appending each to partial as it comes; a harmful or benign reply
+    that is no answer (a refusal) is skipped (added to skipped, which the sidecar keeps). The
+    new rows."""
     if not todo:
         return []
     models = Models(opts)
@@ -301,8 +311,8 @@ def generate_rows(
         ):
             for prompt, kind in todo:
                 text = task_reply(opts, models.backend(kind), prompt, kind)
-                if kind == "harmful" and not is_compliant(text):
-                    skipped.add(prompt.id)
+                if kind in ANSWERED and not is_compliant(text):
+                    skipped.add((prompt.id, kind))
                     write_sidecar(partial, options, skipped)
                 else:
                     new.append(make_row(prompt, kind, text))
@@ -356,13 +366,12 @@ class Models:
             backend.close()
 
 
-def summarize(rows: list[dict], skipped: set[str], out: Path) -> dict:
-    """Rows per kind, harmful replies skipped as refusals, benign prompts the model refused."""
+def summarize(rows: list[dict], skipped: set[tuple[str, str]], out: Path) -> dict:
+    """Rows per kind, and per answered kind the replies skipped as refusals."""
     return {
         "out": str(out),
         "rows": {kind: sum(r["kind"] == kind for r in rows) for kind in KINDS},
-        "harmful_skipped": len(skipped),
-        "benign_refused": sum(r["kind"] == "benign" and is_refusal(r["response"]) for r in rows),
+        **{f"{kind}_skipped": sum(k == kind for _, k in skipped) for kind in ANSWERED},
     }
 
 
@@ -372,5 +381,5 @@ def format_summary(summary: dict) -> str:
     return (
         f"label: {sum(rows.values())} rows ({rows['refusal']} refusal, {rows['harmful']} "
         f"harmful, {rows['benign']} benign); {summary['harmful_skipped']} harmful replies "
-        f"skipped as refusals; {summary['benign_refused']} benign prompts refused"
+        f"skipped as refusals; {summary['benign_skipped']} benign prompts skipped as refused"
     )

@@ -163,7 +163,7 @@ def test_rows_carry_the_labels_of_their_kind(model: Path, files, tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "label: 8 rows (3 refusal, 3 harmful, 2 benign); 0 harmful replies skipped as "
-        "refusals; 0 benign prompts refused",
+        "refusals; 0 benign prompts skipped as refused",
         f"-> {out}",
     ]
     rows = read(out)
@@ -193,8 +193,8 @@ def test_refusals_are_skipped_and_counted_and_head_train_reads_the_rows(
     model: Path, files, tmp_path: Path, monkeypatch
 ) -> None:
     """The complier refuses prompt 1 (skipped) and opens prompt 2 with a lead-in (onset after
-    it); the model refuses benign prompt 1 (written, counted). head train's reader takes the
-    file, extra fields and all, and labels from the onset token on."""
+    it). head train's reader takes the file, extra fields and all, and labels from the onset
+    token on."""
     from localguard.backends.mlx.loading import load_tokenizer
     from localguard.conversations import load_conversations
 
@@ -202,7 +202,6 @@ def test_refusals_are_skipped_and_counted_and_head_train_reads_the_rows(
     replaced = {
         HARMFUL[0]: "I'm sorry, but I can't help with that.",
         HARMFUL[1]: lead_in + "First, take the hammer.",
-        BENIGN[0]: "I cannot do that.",
     }
 
     def scripted(backend, messages, *args, **kwargs):
@@ -216,12 +215,10 @@ def test_refusals_are_skipped_and_counted_and_head_train_reads_the_rows(
     out = tmp_path / "labeled.jsonl"
     summary = stage.label(options(model, files, out))
     assert summary["rows"] == {"refusal": 3, "harmful": 2, "benign": 2}
-    assert (summary["harmful_skipped"], summary["benign_refused"]) == (1, 1)
+    assert (summary["harmful_skipped"], summary["benign_skipped"]) == (1, 0)
     rows = read(out)
     assert [r["id"] for r in rows if r["kind"] == "harmful"] == ["advbench.csv:2", "advbench.csv:3"]
     assert rows[2]["response"] == replaced[HARMFUL[1]] and rows[2]["onset"] == len(lead_in)
-    refused = [r for r in rows if r["kind"] == "benign" and r["prompt"] == BENIGN[0]]
-    assert refused[0]["response"] == "I cannot do that." and refused[0]["response_label"] == 0
 
     tokenizer = load_tokenizer(model)
     conversations = load_conversations(out, tokenizer, 256)
@@ -298,25 +295,29 @@ def test_a_killed_run_resumes_without_regenerating_kept_rows(
     assert not partial.exists()
 
 
-def test_skipped_harmful_prompts_are_not_asked_again(
+def test_skipped_prompts_are_not_asked_again(
     model: Path, files, tmp_path: Path, monkeypatch
 ) -> None:
+    """The model refuses every harmful prompt and the first benign one: all skipped, and a
+    killed run's skips are remembered, harmful and benign alike."""
+    refused = [*HARMFUL, BENIGN[0]]
+
     def refuses(backend, messages, *args, **kwargs):
         result = generate(backend, messages, *args, **kwargs)
-        if len(messages) == 1 and messages[0]["content"] in HARMFUL:
+        if len(messages) == 1 and messages[0]["content"] in refused:
             return dataclasses.replace(result, text="I can't help with that.")
         return result
 
     out = tmp_path / "labeled.jsonl"
-    # refusal, skipped, refusal, skipped, then a kill
-    count_generations(monkeypatch, stop_after=4, real=refuses)
+    # (refusal, skipped) three times, the first benign prompt skipped, then a kill
+    count_generations(monkeypatch, stop_after=7, real=refuses)
     with pytest.raises(KeyboardInterrupt):
         stage.label(options(model, files, out))
     calls = count_generations(monkeypatch, real=refuses)
     summary = stage.label(options(model, files, out))
-    assert len(calls) == 8 - 4
-    assert summary["rows"] == {"refusal": 3, "harmful": 0, "benign": 2}
-    assert summary["harmful_skipped"] == 3
+    assert len(calls) == 8 - 7
+    assert summary["rows"] == {"refusal": 3, "harmful": 0, "benign": 1}
+    assert (summary["harmful_skipped"], summary["benign_skipped"]) == (3, 1)
 
 
 # --- OUT, options and input errors ----------------------------------------------------------
