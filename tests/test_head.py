@@ -187,6 +187,42 @@ def test_head_per_architecture_and_baked_rows_match(arch: str, tmp_path: Path) -
         assert np.abs(rows - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])  # an untied and a tied output layer
+def test_the_sft_term_reads_only_its_targets_logits(arch: str, tmp_path: Path) -> None:
+    """The SFT term takes the output layer at its targets alone (refusal and benign replies,
+    not harmful ones, prompts or padding) and gives the mean NLL the whole batch's logits give,
+    rows cut at the batch's width included."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from localguard.backends.mlx import head_train as ht
+    from localguard.backends.mlx.hidden import final_hidden
+
+    model, _ = load(str(make_tiny_model(arch, tmp_path / arch)))
+    rng = np.random.default_rng(0)
+    shapes = [(20, 6, 0), (45, 20, 0), (30, 9, 1), (70, 30, 0)]  # (length, start, harmful)
+    convs = [
+        Conversation(rng.integers(10, 200, n).tolist(), start, 12 if bad else -1, bad, bad)
+        for n, start, bad in shapes
+    ]
+    batch = ht.head_batch(convs, 64)  # the last row is cut at 64
+    hidden = final_hidden(model, batch.tokens)
+    tokens, nll = ht._sft(model, hidden, batch)
+
+    logits = np.array(model(batch.tokens).astype(mx.float32), np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ids = np.array(batch.tokens)
+    expected = [
+        -log_probs[row, j - 1, ids[row, j]]
+        for row, (n, start, bad) in enumerate(shapes)
+        if not bad
+        for j in range(start, min(n, 64))
+    ]
+    assert float(tokens) == len(expected) == 14 + 25 + 34
+    assert np.array(batch.sft_states).size % ht.SFT_PAD == 0
+    assert abs(float(nll) - np.mean(expected)) < 1e-4 * max(1.0, abs(np.mean(expected)))
+
+
 # --- the stage on the starter world, and the CLI ---------------------------------------------
 
 

@@ -202,25 +202,50 @@ def fit_probe_head(
 # --- stream mode ------------------------------------------------------------------------------
 
 
+SFT_PAD = 128
+"""A batch's SFT targets are padded to a multiple of this, so the compiled step sees few
+shapes."""
+
+
 class HeadBatch(NamedTuple):
     tokens: mx.array  # (B, L) right-padded
     starts: mx.array  # first reply token
     lengths: mx.array
     onsets: mx.array  # first harmful token, or a large number
     queries: mx.array  # query label per row
-    sft: mx.array  # 1 where the reply is a target for SFT (benign replies only)
+    sft_states: mx.array  # flat (row * L + j) of each state whose next token is an SFT target
+    sft_weights: mx.array  # 1 per SFT target, 0 on the padding after them
+
+
+def sft_targets(convs: Sequence[Conversation], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat state indices, weights) of the SFT targets: every reply token of the rows whose
+    reply is not harmful (refusals and benign answers), within the batch's width. Only these
+    states go through the output layer, a quarter of a batch's positions on labeled data: the
+    vocabulary-wide logits of prompts, padding and harmful replies were most of its cost."""
+    flat = [
+        row * width + j - 1
+        for row, c in enumerate(convs)
+        if c.response == 0
+        for j in range(c.start, min(len(c.tokens), width))
+    ]
+    size = -(-max(len(flat), 1) // SFT_PAD) * SFT_PAD
+    states, weights = np.zeros(size, np.int32), np.zeros(size, np.float32)
+    states[: len(flat)], weights[: len(flat)] = flat, 1.0
+    return states, weights
 
 
 def head_batch(convs: Sequence[Conversation], max_len: int) -> HeadBatch:
     tokens = _padded(convs, lt.PAD_MULTIPLE)[:, :max_len]
     never = tokens.shape[1] + 1
+    states, weights = sft_targets(convs, tokens.shape[1])
     return HeadBatch(
         tokens=mx.array(tokens),
         starts=mx.array([c.start for c in convs]),
         lengths=mx.array([len(c.tokens) for c in convs]),
         onsets=mx.array([c.onset if c.onset >= 0 else never for c in convs]),
         queries=mx.array([float(c.query) for c in convs]),
-        sft=mx.array([float(c.response == 0) for c in convs]),
+        sft_states=mx.array(states),
+        sft_weights=mx.array(weights),
     )
 
 
@@ -230,16 +255,14 @@ def _bce(logits: mx.array, labels: mx.array, mask: mx.array) -> mx.array:
 
 
 def _sft(model: nn.Module, hidden: mx.array, batch: HeadBatch) -> tuple[mx.array, mx.array]:
-    """(SFT target tokens, their mean NLL): the benign replies' tokens."""
-    logits = output_logits(model, hidden[:, :-1]).astype(mx.float32)
-    targets = batch.tokens[:, 1:]
-    pos = mx.arange(1, targets.shape[1] + 1)[None, :]
-    sft_mask = (pos >= batch.starts[:, None]) & (pos < batch.lengths[:, None])
-    sft_mask = sft_mask.astype(mx.float32) * batch.sft[:, None]
-    lse = mx.logsumexp(logits, axis=-1)
-    nll = lse - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
-    tokens = sft_mask.sum()
-    return tokens, (nll * sft_mask).sum() / mx.maximum(tokens, 1.0)
+    """(SFT target tokens, their mean NLL): the tokens of the replies that are not harmful."""
+    states = hidden.reshape(-1, hidden.shape[-1])[batch.sft_states]
+    targets = batch.tokens.reshape(-1)[batch.sft_states + 1]
+    logits = output_logits(model, states).astype(mx.float32)
+    target_logits = mx.take_along_axis(logits, targets[:, None], axis=-1).squeeze(-1)
+    nll = mx.logsumexp(logits, axis=-1) - target_logits
+    tokens = batch.sft_weights.sum()
+    return tokens, (nll * batch.sft_weights).sum() / mx.maximum(tokens, 1.0)
 
 
 def _outputs_bce(
