@@ -48,8 +48,8 @@ TARGETS_ONLY = ht._sft
 def sft_everywhere(model, hidden: mx.array, batch: ht.HeadBatch) -> tuple[mx.array, mx.array]:
     """The old SFT term: the output layer at every position, then masked to the targets."""
     rows, width = batch.tokens.shape
-    flat = mx.zeros(rows * width).at[batch.sft_states].add(batch.sft_weights)
-    mask = flat.reshape(rows, width)[:, :-1]
+    flat = mx.zeros(rows * (width - 1)).at[batch.sft_states].add(batch.sft_weights)
+    mask = flat.reshape(rows, width - 1)
     logits = output_logits(model, hidden[:, :-1]).astype(mx.float32)
     targets = batch.tokens[:, 1:]
     nll = mx.logsumexp(logits, axis=-1)

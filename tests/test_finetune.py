@@ -91,6 +91,8 @@ def _batch(rows: list[list[int]], offsets: list[int], beta, width: int) -> lt.Ba
         tokens[k, : len(row)] = row
     beta = np.broadcast_to(np.asarray(beta, np.float32), (len(rows),))
     ref_rows, ref_weight = lt.reference_rows(beta)
+    spans = [(first, len(row)) for first, row in zip(offsets, rows, strict=True)]
+    targets, target_weights = lt.target_states(spans, width - 1)
     return lt.Batch(
         mx.array(tokens),
         mx.array(offsets),
@@ -98,6 +100,8 @@ def _batch(rows: list[list[int]], offsets: list[int], beta, width: int) -> lt.Ba
         mx.array(1 - beta),
         mx.array(ref_rows),
         mx.array(ref_weight),
+        mx.array(targets),
+        mx.array(target_weights),
     )
 
 
@@ -112,6 +116,39 @@ def test_loss_ignores_padding_and_prompt(adapted) -> None:
     wide = lt.adaptive_loss(model, _batch(rows, [3, 2], 0.0, 32), None)
     assert narrow[1].item() == wide[1].item() == (6 - 3) + (4 - 2)
     assert abs(narrow[0].item() - wide[0].item()) < 1e-5
+
+
+def test_the_nll_and_its_gradients_are_those_of_the_whole_batchs_logits(adapted) -> None:
+    """The output layer runs at the target states alone (lora_train.target_states); the loss and
+    its gradients are what every position's logits, masked, give."""
+    model, _, _ = adapted
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]]
+    batch = _batch(rows, [3, 2], 0.0, 8)
+    assert batch.targets.size % lt.TARGET_PAD == 0 and batch.target_weights.sum().item() == 5
+    modules = lt.adapter_modules(model)
+    for n, (_, module, _) in enumerate(modules):
+        module.lora_b = mx.random.normal(module.lora_b.shape, key=mx.random.key(n)) * 0.05
+
+    def everywhere(model) -> mx.array:
+        logp = nn.log_softmax(model(batch.tokens[:, :-1]).astype(mx.float32), axis=-1)
+        nll = -mx.take_along_axis(logp, batch.tokens[:, 1:, None], axis=-1).squeeze(-1)
+        j = mx.arange(1, 8)[None, :]
+        mask = ((j >= batch.offsets[:, None]) & (j < batch.lengths[:, None])).astype(mx.float32)
+        return ((nll * mask).sum(axis=1) / mask.sum(axis=1)).mean()
+
+    try:
+        found = [
+            nn.value_and_grad(model, loss)(model)
+            for loss in (lambda m: lt.adaptive_loss(m, batch, None)[0], everywhere)
+        ]
+        (loss_a, grads_a), (loss_b, grads_b) = found
+        assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-5)
+        grads_b = dict(tree_flatten(grads_b))
+        for name, g in tree_flatten(grads_a):
+            assert mx.abs(g - grads_b[name]).max().item() <= 1e-4 * mx.abs(g).max().item() + 1e-7
+    finally:
+        for _, module, _ in modules:
+            module.lora_b = mx.zeros(module.lora_b.shape)
 
 
 def test_kl_is_zero_without_adapter_change_and_weights_apply(adapted) -> None:

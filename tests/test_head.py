@@ -196,6 +196,7 @@ def test_the_sft_term_reads_only_its_targets_logits(arch: str, tmp_path: Path) -
     from mlx_lm import load
 
     from localguard.backends.mlx import head_train as ht
+    from localguard.backends.mlx import lora_train as lt
     from localguard.backends.mlx.hidden import final_hidden
 
     model, _ = load(str(make_tiny_model(arch, tmp_path / arch)))
@@ -219,7 +220,7 @@ def test_the_sft_term_reads_only_its_targets_logits(arch: str, tmp_path: Path) -
         for j in range(start, min(n, 64))
     ]
     assert float(tokens) == len(expected) == 14 + 25 + 34
-    assert np.array(batch.sft_states).size % ht.SFT_PAD == 0
+    assert np.array(batch.sft_states).size % lt.TARGET_PAD == 0
     assert abs(float(nll) - np.mean(expected)) < 1e-4 * max(1.0, abs(np.mean(expected)))
 
 

@@ -31,7 +31,6 @@ from localguard.backends.mlx.hidden import (
     final_hidden,
     hidden_size,
     language_model,
-    output_logits,
 )
 from localguard.cls_token import (
     ClsRule,
@@ -202,36 +201,22 @@ def fit_probe_head(
 # --- stream mode ------------------------------------------------------------------------------
 
 
-SFT_PAD = 128
-"""A batch's SFT targets are padded to a multiple of this, so the compiled step sees few
-shapes."""
-
-
 class HeadBatch(NamedTuple):
     tokens: mx.array  # (B, L) right-padded
     starts: mx.array  # first reply token
     lengths: mx.array
     onsets: mx.array  # first harmful token, or a large number
     queries: mx.array  # query label per row
-    sft_states: mx.array  # flat (row * L + j) of each state whose next token is an SFT target
-    sft_weights: mx.array  # 1 per SFT target, 0 on the padding after them
+    sft_states: mx.array  # the states whose next token is an SFT target (sft_targets)
+    sft_weights: mx.array
 
 
 def sft_targets(convs: Sequence[Conversation], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(flat state indices, weights) of the SFT targets: every reply token of the rows whose
-    reply is not harmful (refusals and benign answers), within the batch's width. Only these
-    states go through the output layer, a quarter of a batch's positions on labeled data: the
-    vocabulary-wide logits of prompts, padding and harmful replies were most of its cost."""
-    flat = [
-        row * width + j - 1
-        for row, c in enumerate(convs)
-        if c.response == 0
-        for j in range(c.start, min(len(c.tokens), width))
-    ]
-    size = -(-max(len(flat), 1) // SFT_PAD) * SFT_PAD
-    states, weights = np.zeros(size, np.int32), np.zeros(size, np.float32)
-    states[: len(flat)], weights[: len(flat)] = flat, 1.0
-    return states, weights
+    """lora_train.target_states of the SFT targets: the reply tokens of the rows whose reply is
+    not harmful (refusals and benign answers) within the batch's width, about a quarter of its
+    positions on localguard label's rows."""
+    spans = [(c.start, min(len(c.tokens), width)) if c.response == 0 else (0, 0) for c in convs]
+    return lt.target_states(spans, width - 1)
 
 
 def head_batch(convs: Sequence[Conversation], max_len: int) -> HeadBatch:
@@ -256,11 +241,8 @@ def _bce(logits: mx.array, labels: mx.array, mask: mx.array) -> mx.array:
 
 def _sft(model: nn.Module, hidden: mx.array, batch: HeadBatch) -> tuple[mx.array, mx.array]:
     """(SFT target tokens, their mean NLL): the tokens of the replies that are not harmful."""
-    states = hidden.reshape(-1, hidden.shape[-1])[batch.sft_states]
-    targets = batch.tokens.reshape(-1)[batch.sft_states + 1]
-    logits = output_logits(model, states).astype(mx.float32)
-    target_logits = mx.take_along_axis(logits, targets[:, None], axis=-1).squeeze(-1)
-    nll = mx.logsumexp(logits, axis=-1) - target_logits
+    lse, target = lt.target_logits(model, hidden[:, :-1], batch.tokens[:, 1:], batch.sft_states)
+    nll = lse - target
     tokens = batch.sft_weights.sum()
     return tokens, (nll * batch.sft_weights).sum() / mx.maximum(tokens, 1.0)
 

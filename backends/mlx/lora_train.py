@@ -36,6 +36,7 @@ from localguard.files import staged_folder
 
 CHECKPOINT = "checkpoint"
 PAD_MULTIPLE = 32  # batch widths are rounded up so the compiled step sees few shapes
+TARGET_PAD = 128  # a batch's count of target tokens is rounded up, for the same reason
 
 
 @dataclass
@@ -132,6 +133,8 @@ class Batch(NamedTuple):
     alpha: mx.array  # task weight per example
     ref_rows: mx.array  # rows that get the reference pass (see reference_rows)
     ref_weight: mx.array  # their KL weights; 0 for the repeats that pad the count
+    targets: mx.array  # the states whose next token is a target (see target_states)
+    target_weights: mx.array
 
 
 Metrics = dict[str, float]
@@ -207,6 +210,33 @@ def save_adapters(model: nn.Module, adapter_config: dict, folder: Path) -> None:
 # --- loss -------------------------------------------------------------------------------
 
 
+def target_states(spans: Sequence[tuple[int, int]], stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices, weights) of the states whose next token is a target: tokens first .. end
+    - 1 of each row's span, state j - 1 predicting token j, at row * stride + j - 1 of the
+    flattened (rows, stride) states. The count is padded to a multiple of TARGET_PAD with
+    weight-0 copies of index 0. Only these states need the vocabulary-wide output layer: on a
+    chat a good half of a batch's positions are prompt and padding."""
+    flat = [
+        row * stride + j - 1 for row, (first, end) in enumerate(spans) for j in range(first, end)
+    ]
+    size = -(-max(len(flat), 1) // TARGET_PAD) * TARGET_PAD
+    states, weights = np.zeros(size, np.int32), np.zeros(size, np.float32)
+    states[: len(flat)], weights[: len(flat)] = flat, 1.0
+    return states, weights
+
+
+def target_logits(
+    model: nn.Module, hidden: mx.array, next_tokens: mx.array, states: mx.array
+) -> tuple[mx.array, mx.array]:
+    """(logsumexp, target logit) at the flat states (target_states) of hidden (B, L, D), where
+    next_tokens (B, L) holds the token each state predicts: the output layer on those alone."""
+    chosen = hidden.reshape(-1, hidden.shape[-1])[states]
+    logits = output_logits(model, chosen).astype(mx.float32)
+    targets = next_tokens.reshape(-1)[states]
+    target = mx.take_along_axis(logits, targets[:, None], axis=-1).squeeze(-1)
+    return mx.logsumexp(logits, axis=-1), target
+
+
 class Reference(NamedTuple):
     """What the KL term needs of pi_ref on batch.ref_rows, per position (see reference)."""
 
@@ -266,8 +296,9 @@ def adaptive_loss(
     """(loss, target tokens, mean NLL, summed KL): the per-example weighted objective.
 
     A target at position j counts when offset <= j < length, so no padding is ever trained
-    (mlx-lm's default loss uses <= and trains one padding token per row). Neither term builds
-    the policy's full log-softmax: NLL = logsumexp - target logit, and
+    (mlx-lm's default loss uses <= and trains one padding token per row), and the output layer
+    runs at those targets' states alone (target_states). Neither term builds the policy's full
+    log-softmax: NLL = logsumexp - target logit, and
     KL(ref || model) = sum_v p_ref (log p_ref - logit_v) + logsumexp, whose middle term is
     h . linear + constant for a frozen head (see reference). ref is the reference policy on
     batch.ref_rows; the KL returned is the sum of those rows' mean KL.
@@ -278,9 +309,10 @@ def adaptive_loss(
     mask = mask.astype(mx.float32)
     count = mx.maximum(mask.sum(axis=1), 1.0)
     hidden = final_hidden(model, inputs)
-    logits = output_logits(model, hidden).astype(mx.float32)
-    lse = mx.logsumexp(logits, axis=-1)
-    nll = lse - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
+    lse, target = target_logits(model, hidden, targets, batch.targets)
+    grid = mx.zeros(mask.size)  # lse and NLL back on (B, L - 1), 0 where nothing is a target
+    lse = grid.at[batch.targets].add(lse * batch.target_weights).reshape(mask.shape)
+    nll = lse - grid.at[batch.targets].add(target * batch.target_weights).reshape(mask.shape)
     nll_i = (nll * mask).sum(axis=1) / count
     loss = (batch.alpha * nll_i).sum()
     kl_sum = mx.array(0.0)
@@ -351,13 +383,19 @@ def make_batch(
     for k, row in enumerate(rows):
         tokens[k, : len(row)] = row
     ref_rows, ref_weight = reference_rows(kl_weight)
+    offsets = [max(samples[i].offset, 1) for i in indices]
+    targets, target_weights = target_states(
+        [(first, len(r)) for first, r in zip(offsets, rows, strict=True)], tokens.shape[1] - 1
+    )
     return Batch(
         tokens=mx.array(tokens),
-        offsets=mx.array([max(samples[i].offset, 1) for i in indices]),
+        offsets=mx.array(offsets),
         lengths=mx.array([len(r) for r in rows]),
         alpha=mx.array(alpha),
         ref_rows=mx.array(ref_rows),
         ref_weight=mx.array(ref_weight),
+        targets=mx.array(targets),
+        target_weights=mx.array(target_weights),
     )
 
 
