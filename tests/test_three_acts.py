@@ -154,6 +154,9 @@ def test_the_evaluation_compares_every_system_as_a_gguf(tmp_path: Path) -> None:
     assert opts.complier == targets[0].model
     assert opts.judge_model == Path(targets[1].model)
     assert opts.task_data == attack / "heldout.jsonl"
+    # without the prefill suite there is no long prefill to write (eval would refuse a complier)
+    recipe = _acts(tmp_path, "starter:test", "eval.suites=['direct', 'over_refusal']")
+    assert recipe_options(build_plan(recipe)[-1], recipe).complier is None
 
 
 def test_the_real_recipes_training_wrappers_are_not_the_evaluations_attacks() -> None:

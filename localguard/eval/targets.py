@@ -133,12 +133,14 @@ def comparison_targets(
 
 def three_act_defaults(ev: dict, inputs: dict[str, str], recipe: Recipe) -> dict:
     """What a three-act run supplies where [eval] leaves it open: the raw model as the complier
-    of the long prefill, the aligned model's head (trained apart from the served one) as the
-    head judge, and the attack stage's held-out task answers as the task data."""
+    of the long prefill (when the prefill suite runs), the aligned model's head (trained apart
+    from the served one) as the head judge, and the attack stage's held-out task answers as the
+    task data."""
     if "gguf aligned" not in inputs:
         return {}
+    raw = str(served_file(inputs["gguf raw"], recipe)) if "prefill" in ev["suites"] else None
     return {
-        "complier": ev["complier"] or str(served_file(inputs["gguf raw"], recipe)),
+        "complier": ev["complier"] or raw,
         "judge_model": ev["judge_model"] or str(served_file(inputs["gguf aligned"], recipe)),
         "task_data": ev["task_data"] or inputs.get("task"),
     }
