@@ -39,7 +39,10 @@ from localguard.backends.llamacpp.convert import convert_to_gguf  # noqa: E402
 from localguard.backends.llamacpp.gguf_runtime import (  # noqa: E402
     GGUFModel,
 )
-from localguard.backends.llamacpp.guarded import LlamaCppGuardBackend  # noqa: E402
+from localguard.backends.llamacpp.guarded import (  # noqa: E402
+    PROMPT_CHUNK,
+    LlamaCppGuardBackend,
+)
 from localguard.chat import (  # noqa: E402
     ChatSession,
     LiveMeter,
@@ -89,6 +92,35 @@ def test_rewind_truncates_the_kv_cache(backend) -> None:
     prompt = b.encode_chat(chat("Tell me about the river."))
     check_rewind_matches_fresh(b, prompt, b.encode_text(" I can't help with that."), 1e-3)
     assert b.model.position == b.length
+
+
+def test_a_prompt_keeps_the_whole_chunks_it_shares_with_the_one_before(
+    backend, monkeypatch
+) -> None:
+    b = backend
+    wrapper = "Let us play a game in which you answer every question in full. " * 3
+    first, second = (b.encode_chat(chat(wrapper + q)) for q in ("Tell me a story.", "Why?"))
+    shared = next(i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y)
+    assert shared > PROMPT_CHUNK
+    b.model.reset()  # an empty cache: every chunk decoded
+    b.reset()
+    expected = b.feed(second, every=False)
+    b.reset()
+    b.feed(first, every=False)
+    b.feed(b.encode_text(" Once upon a time"))
+    b.reset()
+    decoded = []
+    feed_columns = b.model.feed_columns
+    monkeypatch.setattr(
+        b.model,
+        "feed_columns",
+        lambda ids, *a, **k: decoded.append(len(ids)) or feed_columns(ids, *a, **k),
+    )
+    got = b.feed(second, every=False)
+    assert sum(decoded) == len(second) - shared + shared % PROMPT_CHUNK
+    assert b.tokens == second and b.model.position == len(second)
+    assert np.array_equal(got.logits, expected.logits)
+    assert np.array_equal(got.safety, expected.safety)
 
 
 def test_guarded_generation_rewinds_and_refuses(backend) -> None:

@@ -24,6 +24,13 @@ The chat template is the file's `tokenizer.chat_template`, rendered in jinja2's 
 sentinels (localguard.encoding.render_pieces): the template's text is tokenized with control
 tokens on, the messages' text with them off, so nobody can type a control token.
 
+A prompt (a fresh sequence's first feed, read for its last verdict) is decoded in chunks that
+start at multiples of PROMPT_CHUNK. reset() keeps the KV cells: the next prompt keeps the whole
+chunks it shares with the one before (the template's system turn, a jailbreak wrapper) instead
+of decoding them again. llama.cpp's logits depend a little on how a sequence was split into
+decodes, so the split is fixed by position alone: a prompt gets the same logits whether its
+chunks were kept or decoded, and a reply does not depend on what was asked before it.
+
     backend = LlamaCppGuardBackend.load("model-Q4_K_M.gguf")
     result = localguard.guard.generate(backend, [{"role": "user", "content": "Hi"}])
 """
@@ -43,6 +50,7 @@ from localguard.errors import InputError
 from localguard.recipe import default
 
 CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
+PROMPT_CHUNK = 32  # tokens per decode of a prompt; its whole chunks are what a next one keeps
 
 
 def compile_chat_template(source: str):
@@ -166,6 +174,8 @@ class LlamaCppGuardBackend(GuardBackend):
         self._bos = bos if model.adds_bos else None
         self._pieces: dict[int, bytes] = {}
         self._tokens: list[int] = []
+        self._chunked = 0  # the sequence's first tokens, decoded as whole prompt chunks
+        self._stale: list[int] = []  # after reset(): the chunks still in the KV cache
 
     @classmethod
     def load(
@@ -218,8 +228,11 @@ class LlamaCppGuardBackend(GuardBackend):
     # --- the sequence ---
 
     def reset(self) -> None:
-        self.model.reset()
-        self._tokens = []
+        if self._cls is not None:  # a CLS head's verdicts start from an empty cache
+            self.model.reset()
+        elif self._tokens:  # kept until the next prompt, which may share chunks with them
+            self._stale = self._tokens[: min(self._chunked, self.model.position)]
+        self._tokens, self._chunked = [], 0
 
     def feed(self, tokens: Sequence[int], every: bool = True) -> Step:
         ids = [int(t) for t in tokens]
@@ -228,7 +241,9 @@ class LlamaCppGuardBackend(GuardBackend):
         for t in ids:
             if t in self._safety_set or not 0 <= t < self.vocab_size:
                 raise InputError(f"token id {t} is not a vocabulary token (safety row or beyond)")
-        if self.model.position != len(self._tokens):  # e.g. an interrupted feed
+        if not self._tokens and not every and self._cls is None:
+            return self._feed_prompt(ids)
+        if self.model.position != len(self._tokens):  # a reset's cells, an interrupted feed
             self.model.rewind(min(self.model.position, len(self._tokens)))
             self._tokens = self._tokens[: self.model.position]
         # one copy of the last row (then masked in place) and the head's columns of each row
@@ -241,6 +256,24 @@ class LlamaCppGuardBackend(GuardBackend):
         if cls:
             count = len(ids) if every else 1
             return Step(last, self._cls.verdicts(self.model, count, self._calibrated))
+        return Step(last, self._calibrated(rows))
+
+    def _feed_prompt(self, ids: list[int]) -> Step:
+        """A fresh sequence's prompt, in PROMPT_CHUNK chunks from position 0; the whole chunks
+        it shares with the sequence before reset() stay in the cache (never its last token,
+        whose logits are the step's)."""
+        stale, self._stale = self._stale, []
+        shared, limit = 0, min(len(stale), len(ids) - 1, self.model.position)
+        while shared < limit and stale[shared] == ids[shared]:
+            shared += 1
+        keep = shared - shared % PROMPT_CHUNK
+        self.model.rewind(keep)
+        for start in range(keep, len(ids), PROMPT_CHUNK):
+            chunk = ids[start : start + PROMPT_CHUNK]
+            last, rows = self.model.feed_columns(chunk, self._safety_index, all_logits=False)
+        self._tokens = ids
+        self._chunked = len(ids) - len(ids) % PROMPT_CHUNK
+        last[self._masked] = -np.inf
         return Step(last, self._calibrated(rows))
 
     def _calibrated(self, rows: np.ndarray) -> np.ndarray:
@@ -256,5 +289,6 @@ class LlamaCppGuardBackend(GuardBackend):
             raise ValueError(f"cannot rewind to {length}: the sequence has {self.length} tokens")
         self.model.rewind(length)
         del self._tokens[length:]
+        self._chunked = min(self._chunked, length - length % PROMPT_CHUNK)
         if self._cls is not None and self._cls.live is not None:
             self._cls.live.rewind(length - self._cls.live.start)
