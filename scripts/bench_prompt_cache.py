@@ -27,12 +27,11 @@ import statistics
 import time
 
 from localguard.backends.base import Sampling
-from localguard.backends.factory import gguf_path, open_guard_backend
+from localguard.backends.factory import open_guard_backend
 from localguard.backends.llamacpp import guarded
 from localguard.eval.prompts import load_prompts
 from localguard.eval.suites import CONTROL_INJECTIONS, JAILBREAKS
 from localguard.guard import GuardSettings, generate, prompt_messages
-from localguard.pypi_models import is_packaged, model_file
 
 CHUNK = guarded.PROMPT_CHUNK
 WAYS = {"whole": (10**9, False), "chunked": (CHUNK, False), "kept": (CHUNK, True)}
@@ -59,11 +58,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    path = model_file(args.model) if is_packaged(args.model) else gguf_path(args.model)
     prompts = [p.prompt for p in load_prompts(args.source) if p.harmful][: args.prompts]
     wrappers = ["{prompt}", *JAILBREAKS.values(), *CONTROL_INJECTIONS.values()]
     texts = [w.format(prompt=p) for w in wrappers for p in prompts]
-    backend = open_guard_backend(path, "llamacpp")
+    backend = open_guard_backend(args.model, "llamacpp")
     times: dict[str, list[float]] = {way: [] for way in WAYS}
     replies: dict[str, list[str]] = {}
     try:
