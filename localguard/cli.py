@@ -311,7 +311,8 @@ def head_train(resume: bool, force: bool, **options: Any) -> None:
     metrics (detection delay, benign replies flagged).
 
     --mode stream (default) trains the head with LoRA (loss = SFT on benign replies + gamma *
-    BCE); --mode probe fits it on the frozen model (no training loop). OUT gets head.safetensors,
+    BCE, + beta * KL to the policy it started from with --beta); --mode probe fits it on the
+    frozen model (no training loop). OUT gets head.safetensors,
     head.json, reliability.png, report.json and, in stream mode, the adapter (mlx-lm format).
 
     --task-data (the fine-tuning data) joins training as benign conversations, so stream mode

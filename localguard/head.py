@@ -63,6 +63,7 @@ class HeadOptions:
     r2: int = schema_field("head", "r2")
     r3: int = schema_field("head", "r3")
     gamma: float = schema_field("head", "gamma")
+    beta: float = schema_field("head", "beta")
     target_fpr: float = schema_field("head", "target_fpr")
     iters: int = schema_field("head", "iters")
     learning_rate: float = schema_field("head", "learning_rate")
@@ -149,6 +150,7 @@ def _train_joint(opts: HeadOptions, model, head: SafetyHead, train, work: Path):
     else:
         lora = lt.LoraSpec(rank=opts.lora_rank, scale=opts.lora_scale, num_layers=opts.lora_layers)
         num_layers = lt.add_adapters(model, lora, opts.seed)
+    initial = lt.adapter_weights(model)  # the KL's reference (beta > 0), before any resume
     ht.attach_head(model, head)
     spec = lt.TrainSpec(
         iters=opts.iters,
@@ -165,10 +167,12 @@ def _train_joint(opts: HeadOptions, model, head: SafetyHead, train, work: Path):
         bar.update(start)
 
         def show(_step: int, m: dict) -> None:
-            bar.label = f"head train nll {m['nll']:.3f} bce {m['bce']:.3f}"
+            kl = f" kl {m['kl']:.4f}" if "kl" in m else ""
+            bar.label = f"head train nll {m['nll']:.3f} bce {m['bce']:.3f}{kl}"
             bar.update(1)
 
-        objective = ht.HeadObjective(train, spec, opts.gamma, _cls_rule(opts))
+        weights = ht.Weights(opts.gamma, opts.beta)
+        objective = ht.HeadObjective(train, spec, weights, _cls_rule(opts), initial)
         lt.run_training(model, objective, spec, work, show, record)
     return ht.detach_head(model, head), _adapter_config(opts, num_layers)
 

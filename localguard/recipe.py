@@ -252,6 +252,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "r2": _f("int", 15, "cls: last tokens read while benign; before a turning point", low=1),
         "r3": _f("int", 10, "cls: tokens read after a turning point", low=0),
         "gamma": _f("float", 0.1, "weight of the classification loss", low=0.0),
+        # what a head stage continuing a fine-tune's adapter may change of its policy: the head
+        # is act three's, the refusals and the task are the fine-tune's
+        "beta": _f(
+            "float",
+            0.0,
+            "weight of a KL pull (stream, cls) towards the policy training starts from "
+            "(--adapter as given) at the SFT targets",
+            low=0.0,
+        ),
         "target_fpr": _f(
             "float", 0.05, "false-positive rate the threshold is set for", low=0.0, high=0.5
         ),
@@ -427,7 +436,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 SCHEMA["align"] = {
     "enabled": _f("bool", False, "align the model: [head] training on the [label] conversations"),
-    **{k: v for k, v in SCHEMA["head"].items() if k not in ("enabled", "task_data")},
+    # no [head] beta: the KL would hold the model being aligned to the raw one
+    **{k: v for k, v in SCHEMA["head"].items() if k not in ("enabled", "task_data", "beta")},
 }
 
 

@@ -68,7 +68,7 @@ def run(model_dir: Path, convs, steps: int, variant: str) -> tuple[list[float], 
     spec = lt.TrainSpec(iters=steps, batch_size=4, learning_rate=2e-4, max_seq_length=512)
     seen: list[dict] = []
     with tempfile.TemporaryDirectory() as work:
-        objective = ht.HeadObjective(convs, spec, gamma=0.1)
+        objective = ht.HeadObjective(convs, spec, ht.Weights(gamma=0.1))
         lt.run_training(model, objective, spec, Path(work), on_metrics=seen.append)
     return [m["step_seconds"] for m in seen], seen[0]["loss"]
 

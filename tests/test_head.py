@@ -208,7 +208,7 @@ def test_the_sft_term_reads_only_its_targets_logits(arch: str, tmp_path: Path) -
     ]
     batch = ht.head_batch(convs, 64)  # the last row is cut at 64
     hidden = final_hidden(model, batch.tokens)
-    tokens, nll = ht._sft(model, hidden, batch)
+    tokens, nll, kl = ht._sft(model, hidden, batch, None)
 
     logits = np.array(model(batch.tokens).astype(mx.float32), np.float64)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -222,6 +222,59 @@ def test_the_sft_term_reads_only_its_targets_logits(arch: str, tmp_path: Path) -
     assert float(tokens) == len(expected) == 14 + 25 + 34
     assert np.array(batch.sft_states).size % lt.TARGET_PAD == 0
     assert abs(float(nll) - np.mean(expected)) < 1e-4 * max(1.0, abs(np.mean(expected)))
+    assert float(kl) == 0.0
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_the_head_stages_kl_holds_the_policy_it_started_from(arch: str, tmp_path: Path) -> None:
+    """With beta > 0 the head objective's KL is KL(start || model) at the SFT targets, start
+    the adapter tensors training began with (not the model without adapters), and the
+    reference pass leaves the adapters as they were."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    from localguard.backends.mlx import head_train as ht
+    from localguard.backends.mlx import lora_train as lt
+    from localguard.backends.mlx.hidden import final_hidden
+
+    model, _ = load(str(make_tiny_model(arch, tmp_path / arch)))
+    lt.add_adapters(model, lt.LoraSpec(rank=4, scale=1.0))
+    modules = lt.adapter_modules(model)
+    for _, module, _ in modules:  # the adapter a fine-tune left: not the base model
+        module.lora_b = mx.random.normal(module.lora_b.shape, key=mx.random.key(1)) * 0.05
+    start = lt.adapter_weights(model)
+    for _, module, _ in modules:  # what the head stage has made of it since
+        module.lora_b = module.lora_b + mx.random.normal(module.lora_b.shape) * 0.05
+    now = lt.adapter_weights(model)
+    rng = np.random.default_rng(0)
+    shapes = [(20, 6, 0), (30, 9, 1), (40, 12, 0)]  # (length, start, harmful)
+    convs = [
+        Conversation(rng.integers(10, 200, n).tolist(), first, 12 if bad else -1, bad, bad)
+        for n, first, bad in shapes
+    ]
+    spec = lt.TrainSpec(iters=1, batch_size=3, max_seq_length=64)
+    objective = ht.HeadObjective(convs, spec, ht.Weights(gamma=0.1, beta=1.0), start=start)
+    (batch, windows, ref), _ = objective.inputs(model, 0, np.arange(3), slice(None))
+    assert windows is None
+    assert all(mx.array_equal(now[k], v) for k, v in lt.adapter_weights(model).items())
+    _, _, kl = ht._sft(model, final_hidden(model, batch.tokens), batch, ref)
+
+    def log_probs() -> np.ndarray:
+        logits = np.array(model(batch.tokens).astype(mx.float32), np.float64)
+        return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+    log_q = log_probs()
+    with lt.adapters_at(model, start):
+        log_p = log_probs()
+    per_state = (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    expected = [
+        per_state[row, j - 1]
+        for row, (n, first, bad) in enumerate(shapes)
+        if not bad
+        for j in range(first, n)
+    ]
+    assert np.mean(expected) > 1e-4
+    assert float(kl) == pytest.approx(np.mean(expected), rel=5e-3, abs=1e-6)
 
 
 # --- the stage on the starter world, and the CLI ---------------------------------------------
@@ -488,3 +541,46 @@ def test_stream_mode_with_task_data_keeps_the_task(starter_model: Path, tmp_path
         held = load_dataset(data / "newskill_valid.jsonl", tokenizer, 96).samples
         nll[name] = validation_nll(model, held, 96, 8)
     assert nll["with"] < nll["without"] - 0.3, nll  # 2.1 against 2.9 nats (base model 2.8)
+
+
+def test_a_head_stage_with_beta_stays_nearer_the_policy_it_started_from(
+    starter_model: Path, tmp_path: Path
+) -> None:
+    """head train --beta: the adapter trained with the KL pull moves the policy less from the
+    one it started from (here a fresh adapter: the model itself) than one trained without,
+    measured as KL(start || trained) on held-out replies."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx_lm import load
+
+    from localguard.backends.mlx import lora_train as lt
+    from localguard.data import load_dataset
+
+    data = starter_model.parent / "data"
+    drift = {}
+    for beta in (0.0, 5.0):
+        opts = HeadOptions(
+            model=starter_model,
+            data=data / "safety_conversations.jsonl",
+            out=tmp_path / f"beta{beta:g}",
+            beta=beta,
+            iters=30,
+            batch_size=4,
+            learning_rate=5e-4,
+            lora_scale=1.0,
+            lora_layers=-1,
+            max_seq_length=96,
+        )
+        report = train_head(opts)
+        assert report["query"]["auroc"] > 0.9  # the head still learns
+        model, tokenizer = load(str(starter_model), adapter_path=str(opts.out))
+        kls = []
+        for sample in load_dataset(data / "newskill_valid.jsonl", tokenizer, 96).samples[:16]:
+            tokens = mx.array([sample.tokens])
+            log_q = nn.log_softmax(model(tokens).astype(mx.float32))
+            with lt.adapters_off(model):
+                log_p = nn.log_softmax(model(tokens).astype(mx.float32))
+            per_token = (mx.exp(log_p) * (log_p - log_q)).sum(-1)[0, sample.offset - 1 : -1]
+            kls.append(per_token.mean().item())
+        drift[beta] = float(np.mean(kls))
+    assert drift[5.0] < 0.5 * drift[0.0], drift

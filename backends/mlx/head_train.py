@@ -5,8 +5,10 @@ Both start the same way: the head is fitted as a logistic probe on the frozen mo
 hidden states (seconds). Stream mode then trains it jointly with LoRA on the same
 conversations: loss = SFT + gamma * BCE, where the SFT term covers only replies labeled benign
 (answers and refusals; a harmful continuation is never a target) and the BCE term covers every
-position from the last prompt token on. Both end the same way: Platt scaling folded into the
-rows and thresholds set on a validation split (localguard/safety_head.py).
+position from the last prompt token on; beta > 0 adds beta * KL(start || model) at the SFT
+targets, start the policy training began from (HeadObjective). Both end the same way: Platt
+scaling folded into the rows and thresholds set on a validation split
+(localguard/safety_head.py).
 
 With task data (head train --task-data), its conversations are simply added to the training
 conversations (query 0, response 0), so batches draw from both in proportion to their sizes:
@@ -209,6 +211,8 @@ class HeadBatch(NamedTuple):
     queries: mx.array  # query label per row
     sft_states: mx.array  # the states whose next token is an SFT target (sft_targets)
     sft_weights: mx.array
+    ref_rows: mx.array  # every row, for lora_train.reference at the SFT states
+    ref_weight: mx.array
 
 
 def sft_targets(convs: Sequence[Conversation], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,6 +235,8 @@ def head_batch(convs: Sequence[Conversation], max_len: int) -> HeadBatch:
         queries=mx.array([float(c.query) for c in convs]),
         sft_states=mx.array(states),
         sft_weights=mx.array(weights),
+        ref_rows=mx.arange(len(convs), dtype=mx.int32),
+        ref_weight=mx.ones(len(convs)),
     )
 
 
@@ -239,12 +245,21 @@ def _bce(logits: mx.array, labels: mx.array, mask: mx.array) -> mx.array:
     return (loss * mask).sum() / mx.maximum(mask.sum(), 1.0)
 
 
-def _sft(model: nn.Module, hidden: mx.array, batch: HeadBatch) -> tuple[mx.array, mx.array]:
-    """(SFT target tokens, their mean NLL): the tokens of the replies that are not harmful."""
-    lse, target = lt.target_logits(model, hidden[:, :-1], batch.tokens[:, 1:], batch.sft_states)
-    nll = lse - target
-    tokens = batch.sft_weights.sum()
-    return tokens, (nll * batch.sft_weights).sum() / mx.maximum(tokens, 1.0)
+def _sft(
+    model: nn.Module, hidden: mx.array, batch: HeadBatch, ref: lt.Reference | None
+) -> tuple[mx.array, mx.array, mx.array]:
+    """(SFT target tokens, their mean NLL, their mean KL(ref || model), 0 without ref): the
+    tokens of the replies that are not harmful."""
+    states = hidden[:, :-1]
+    lse, target = lt.target_logits(model, states, batch.tokens[:, 1:], batch.sft_states)
+    weights = batch.sft_weights
+    tokens = weights.sum()
+    nll_mean = ((lse - target) * weights).sum() / mx.maximum(tokens, 1.0)
+    if ref is None:
+        return tokens, nll_mean, mx.array(0.0)
+    chosen = states.reshape(-1, states.shape[-1])[batch.sft_states]
+    kl = lt.policy_kl(model, ref, chosen, lse)
+    return tokens, nll_mean, (kl * weights).sum() / mx.maximum(tokens, 1.0)
 
 
 def _outputs_bce(
@@ -265,25 +280,38 @@ def _outputs_bce(
     ) / 2
 
 
+class Weights(NamedTuple):
+    """The loss terms' weights: loss = SFT + gamma * BCE + beta * KL."""
+
+    gamma: float
+    beta: float = 0.0
+
+
 def head_loss(
-    model: nn.Module, batch: HeadBatch, gamma: float
-) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """(loss, SFT target tokens, SFT NLL, BCE): SFT on benign replies + gamma * BCE of both
-    outputs at their positions (see localguard/conversations.py)."""
+    model: nn.Module, batch: HeadBatch, weights: Weights, ref: lt.Reference | None = None
+) -> tuple[mx.array, ...]:
+    """(loss, SFT target tokens, SFT NLL, BCE, KL): SFT on benign replies + gamma * BCE of both
+    outputs at their positions (see localguard/conversations.py) + beta * KL(ref || model) at
+    the SFT targets, ref the policy training started from (see HeadObjective)."""
     hidden = final_hidden(model, batch.tokens)
-    tokens, nll_mean = _sft(model, hidden, batch)
+    tokens, nll_mean, kl = _sft(model, hidden, batch, ref)
     safety = getattr(model, lt.HEAD_MODULE)(hidden).astype(mx.float32)
     bce = _outputs_bce(safety, batch.starts - 1, batch.lengths, batch.onsets, batch.queries)
-    return nll_mean + gamma * bce, tokens, nll_mean, bce
+    return nll_mean + weights.gamma * bce + weights.beta * kl, tokens, nll_mean, bce, kl
 
 
 def cls_loss(
-    model: nn.Module, batch: HeadBatch, rows: tuple[mx.array, mx.array], gamma: float
-) -> tuple[mx.array, mx.array, mx.array, mx.array]:
-    """head_loss for CLS mode: SFT from the tokens' pass, BCE of the head on the CLS verdicts
-    (row t: after t reply tokens) from the CLS pass; rows: cls_masks' mask and positions."""
+    model: nn.Module,
+    batch: HeadBatch,
+    rows: tuple[mx.array, mx.array],
+    weights: Weights,
+    ref: lt.Reference | None = None,
+) -> tuple[mx.array, ...]:
+    """head_loss for CLS mode: SFT (and KL) from the tokens' pass, BCE of the head on the CLS
+    verdicts (row t: after t reply tokens) from the CLS pass; rows: cls_masks' mask and
+    positions."""
     hidden, kept = _token_pass(model, batch.tokens)
-    tokens, nll_mean = _sft(model, hidden, batch)
+    tokens, nll_mean, kl = _sft(model, hidden, batch, ref)
     layer = getattr(model, lt.HEAD_MODULE)
     mask, positions = rows
     states = _cls_pass(model, kept, layer.cls.astype(hidden.dtype), positions, mask)
@@ -291,39 +319,43 @@ def cls_loss(
     first = mx.zeros_like(batch.starts)
     rows = batch.starts - 1  # token j is verdict row j - rows
     bce = _outputs_bce(safety, first, batch.lengths - rows, batch.onsets - rows, batch.queries)
-    return nll_mean + gamma * bce, tokens, nll_mean, bce
+    return nll_mean + weights.gamma * bce + weights.beta * kl, tokens, nll_mean, bce, kl
 
 
 @dataclass
 class HeadObjective:
-    """Stream- or CLS-mode training of LoRA + head for lora_train.run_training."""
+    """Stream- or CLS-mode training of LoRA + head for lora_train.run_training. With
+    weights.beta > 0 the KL term holds the policy to `start`, the adapter tensors training
+    started from (a fine-tune's adapter: the head stage then keeps what the fine-tune left)."""
 
     convs: Sequence[Conversation]
     spec: lt.TrainSpec
-    gamma: float
+    weights: Weights
     rule: ClsRule | None = None  # CLS mode's windows; None: stream mode
+    start: dict[str, mx.array] = field(default_factory=dict)
     state: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.lengths = np.array([min(len(c.tokens), self.spec.max_seq_length) for c in self.convs])
 
-    def loss(
-        self, model: nn.Module, batch: HeadBatch, rows: tuple[mx.array, mx.array] | None = None
-    ):
+    def loss(self, model: nn.Module, batch: HeadBatch, rows, ref: lt.Reference | None):
         if rows is None:
-            return head_loss(model, batch, self.gamma)
-        return cls_loss(model, batch, rows, self.gamma)
+            return head_loss(model, batch, self.weights, ref)
+        return cls_loss(model, batch, rows, self.weights, ref)
 
     def inputs(self, model: nn.Module, index: int, rows: np.ndarray, mine: slice):
         convs = [self.convs[i] for i in rows[mine]]
         batch = head_batch(convs, self.spec.max_seq_length)
-        if self.rule is None:
-            return (batch,), np.zeros(0)
-        return (batch, cls_masks(convs, self.rule, batch.tokens.shape[1])), np.zeros(0)
+        windows = None if self.rule is None else cls_masks(convs, self.rule, batch.tokens.shape[1])
+        ref = None
+        if self.weights.beta > 0:
+            policy = partial(lt.adapters_at, model, self.start)
+            ref = lt.reference(model, batch, policy, batch.sft_states)
+        return (batch, windows, ref), np.zeros(0)
 
     def metrics(self, sums: np.ndarray, host: np.ndarray, micro: int, size: int) -> dict:
-        nll, bce = sums
-        return {"nll": nll / (micro * size), "bce": bce / (micro * size)}
+        nll, bce, kl = sums / (micro * size)
+        return {"nll": nll, "bce": bce, **({"kl": kl} if self.weights.beta > 0 else {})}
 
     def validate(self, model: nn.Module) -> dict:
         return {}

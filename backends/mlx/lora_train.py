@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -188,6 +188,18 @@ def adapters_off(model: nn.Module) -> Iterator[None]:
         model.update_modules(tree_unflatten([(name, ada) for name, ada, _ in swapped]))
 
 
+@contextmanager
+def adapters_at(model: nn.Module, weights: dict[str, mx.array]) -> Iterator[None]:
+    """Give the adapters the tensors `weights` (adapter_weights of an earlier moment, such as
+    the adapter a stage started from) for the block: the model becomes that policy."""
+    current = adapter_weights(model)
+    model.update(tree_unflatten(list(weights.items())), strict=False)
+    try:
+        yield
+    finally:
+        model.update(tree_unflatten(list(current.items())), strict=False)
+
+
 HEAD_MODULE = "safety_head"  # a trainable head attached to the model (head_train.py)
 
 
@@ -253,8 +265,18 @@ def head_is_frozen(model: nn.Module) -> bool:
     return not names & {"lm_head", "embed_tokens"}
 
 
-def reference(model: nn.Module, batch: Batch) -> Reference | None:
+def reference(
+    model: nn.Module,
+    batch: Batch,
+    policy: Callable[[], AbstractContextManager] | None = None,
+    states: mx.array | None = None,
+) -> Reference | None:
     """pi_ref for batch.ref_rows at every position, or None when there are none.
+
+    pi_ref is the model inside `policy()`, by default adapters_off (the model without its
+    adapters). With `states` (flat indices into the rows' positions, target_states' layout;
+    every row of the batch a reference row, in order) it is computed at those states alone,
+    each output then (S, ...) instead of (R, L, ...).
 
     Evaluated before the training step, so the reference pass's activations are freed before
     the policy's forward and backward pass begins. The head is affine, z = W h + b, so
@@ -269,8 +291,10 @@ def reference(model: nn.Module, batch: Batch) -> Reference | None:
         return None
     # the rows that repeat the first to pad the count (weight 0) are copied, not computed
     n = int((batch.ref_weight > 0).sum().item())
-    with adapters_off(model):
+    with (policy or partial(adapters_off, model))():
         hidden = final_hidden(model, batch.tokens[batch.ref_rows[:n], :-1]).astype(mx.float32)
+        if states is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1])[states]
         logits = output_logits(model, hidden).astype(mx.float32)
         logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         probs = mx.exp(logp)
@@ -288,6 +312,20 @@ def reference(model: nn.Module, batch: Batch) -> Reference | None:
         ref = Reference(*(None if x is None else x[repeat] for x in ref))
     mx.eval(ref)
     return ref
+
+
+def policy_kl(model: nn.Module, ref: Reference, hidden: mx.array, lse: mx.array) -> mx.array:
+    """KL(ref || model) at each of the policy's states `hidden` (..., D), where lse is the
+    policy's logsumexp there: sum_v p_ref (log p_ref - logit_v) + logsumexp, the middle term
+    h . linear + constant for a frozen head (see reference), else from the head's logits."""
+    if ref.probs is None:
+        expected = (hidden.astype(mx.float32) * ref.linear).sum(axis=-1)
+        if ref.constant is not None:
+            expected = expected + ref.constant
+        return ref.neg_entropy - expected + lse
+    chosen = output_logits(model, hidden).astype(mx.float32)  # the head itself trains
+    expected = (ref.probs * chosen).sum(axis=-1)
+    return ref.neg_entropy - expected + mx.logsumexp(chosen, axis=-1)
 
 
 def adaptive_loss(
@@ -318,15 +356,7 @@ def adaptive_loss(
     kl_sum = mx.array(0.0)
     if ref is not None:
         rows = batch.ref_rows
-        if ref.probs is None:
-            expected = (hidden[rows].astype(mx.float32) * ref.linear).sum(axis=-1)
-            if ref.constant is not None:
-                expected = expected + ref.constant
-            kl = ref.neg_entropy - expected + lse[rows]
-        else:  # the head itself trains: its logits on the chosen rows again
-            chosen = output_logits(model, hidden[rows]).astype(mx.float32)
-            expected = (ref.probs * chosen).sum(axis=-1)
-            kl = ref.neg_entropy - expected + mx.logsumexp(chosen, axis=-1)
+        kl = policy_kl(model, ref, hidden[rows], lse[rows])
         kl_i = (kl * mask[rows]).sum(axis=1) / count[rows]
         loss = loss + (batch.ref_weight * kl_i).sum()
         kl_sum = (kl_i * (batch.ref_weight > 0)).sum()
