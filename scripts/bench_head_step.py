@@ -45,8 +45,11 @@ from localguard.safety_head import OUTPUTS, SafetyHead
 TARGETS_ONLY = ht._sft
 
 
-def sft_everywhere(model, hidden: mx.array, batch: ht.HeadBatch) -> tuple[mx.array, mx.array]:
-    """The old SFT term: the output layer at every position, then masked to the targets."""
+def sft_everywhere(
+    model, hidden: mx.array, batch: ht.HeadBatch, ref: None
+) -> tuple[mx.array, mx.array, mx.array]:
+    """The old SFT term: the output layer at every position, then masked to the targets (no KL
+    term: the benchmark trains at beta 0)."""
     rows, width = batch.tokens.shape
     flat = mx.zeros(rows * (width - 1)).at[batch.sft_states].add(batch.sft_weights)
     mask = flat.reshape(rows, width - 1)
@@ -55,7 +58,7 @@ def sft_everywhere(model, hidden: mx.array, batch: ht.HeadBatch) -> tuple[mx.arr
     nll = mx.logsumexp(logits, axis=-1)
     nll = nll - mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
     tokens = mask.sum()
-    return tokens, (nll * mask).sum() / mx.maximum(tokens, 1.0)
+    return tokens, (nll * mask).sum() / mx.maximum(tokens, 1.0), mx.array(0.0)
 
 
 def run(model_dir: Path, convs, steps: int, variant: str) -> tuple[list[float], float]:
