@@ -512,6 +512,21 @@ def test_the_query_threshold_counts_held_out_task_prompts_as_negatives() -> None
     assert q_rates["tpr"] == 1.0  # the harmful prompts are still caught
 
 
+def _starter_stream(starter_model: Path, out: Path, **settings) -> HeadOptions:
+    """A short stream-mode head stage on the starter world's safety conversations."""
+    return HeadOptions(
+        model=starter_model,
+        data=starter_model.parent / "data" / "safety_conversations.jsonl",
+        out=out,
+        batch_size=4,
+        learning_rate=5e-4,
+        lora_scale=1.0,
+        lora_layers=-1,
+        max_seq_length=96,
+        **settings,
+    )
+
+
 def test_stream_mode_with_task_data_keeps_the_task(starter_model: Path, tmp_path: Path) -> None:
     """The NLL of held-out task replies after a stream head stage is lower with --task-data
     than without: the task's replies are in the SFT term (on the test world, a fresh adapter,
@@ -524,18 +539,7 @@ def test_stream_mode_with_task_data_keeps_the_task(starter_model: Path, tmp_path
     data = starter_model.parent / "data"
     nll = {}
     for name, task_data in (("without", None), ("with", data / "newskill.jsonl")):
-        opts = HeadOptions(
-            model=starter_model,
-            data=data / "safety_conversations.jsonl",
-            out=tmp_path / name,
-            task_data=task_data,
-            iters=40,
-            batch_size=4,
-            learning_rate=5e-4,
-            lora_scale=1.0,
-            lora_layers=-1,
-            max_seq_length=96,
-        )
+        opts = _starter_stream(starter_model, tmp_path / name, task_data=task_data, iters=40)
         train_head(opts)
         model, tokenizer = load(str(starter_model), adapter_path=str(opts.out))
         held = load_dataset(data / "newskill_valid.jsonl", tokenizer, 96).samples
@@ -559,18 +563,7 @@ def test_a_head_stage_with_beta_stays_nearer_the_policy_it_started_from(
     data = starter_model.parent / "data"
     drift = {}
     for beta in (0.0, 5.0):
-        opts = HeadOptions(
-            model=starter_model,
-            data=data / "safety_conversations.jsonl",
-            out=tmp_path / f"beta{beta:g}",
-            beta=beta,
-            iters=30,
-            batch_size=4,
-            learning_rate=5e-4,
-            lora_scale=1.0,
-            lora_layers=-1,
-            max_seq_length=96,
-        )
+        opts = _starter_stream(starter_model, tmp_path / f"beta{beta:g}", beta=beta, iters=30)
         report = train_head(opts)
         assert report["query"]["auroc"] > 0.9  # the head still learns
         model, tokenizer = load(str(starter_model), adapter_path=str(opts.out))
