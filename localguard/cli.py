@@ -312,8 +312,8 @@ def head_train(resume: bool, force: bool, **options: Any) -> None:
 
     --mode stream (default) trains the head with LoRA (loss = SFT on benign replies + gamma *
     BCE, + beta * KL to the policy it started from with --beta); --mode probe fits it on the
-    frozen model (no training loop). OUT gets head.safetensors,
-    head.json, reliability.png, report.json and, in stream mode, the adapter (mlx-lm format).
+    frozen model (no training loop). OUT gets head.safetensors, head.json, reliability.png,
+    report.json and, in stream mode, the adapter (mlx-lm format).
 
     --task-data (the fine-tuning data) joins training as benign conversations, so stream mode
     keeps the task; its held-out part counts as negatives for the query threshold, and the

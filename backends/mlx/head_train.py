@@ -211,8 +211,6 @@ class HeadBatch(NamedTuple):
     queries: mx.array  # query label per row
     sft_states: mx.array  # the states whose next token is an SFT target (sft_targets)
     sft_weights: mx.array
-    ref_rows: mx.array  # every row, for lora_train.reference at the SFT states
-    ref_weight: mx.array
 
 
 def sft_targets(convs: Sequence[Conversation], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -235,8 +233,6 @@ def head_batch(convs: Sequence[Conversation], max_len: int) -> HeadBatch:
         queries=mx.array([float(c.query) for c in convs]),
         sft_states=mx.array(states),
         sft_weights=mx.array(weights),
-        ref_rows=mx.arange(len(convs), dtype=mx.int32),
-        ref_weight=mx.ones(len(convs)),
     )
 
 

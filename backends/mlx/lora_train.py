@@ -274,9 +274,9 @@ def reference(
     """pi_ref for batch.ref_rows at every position, or None when there are none.
 
     pi_ref is the model inside `policy()`, by default adapters_off (the model without its
-    adapters). With `states` (flat indices into the rows' positions, target_states' layout;
-    every row of the batch a reference row, in order) it is computed at those states alone,
-    each output then (S, ...) instead of (R, L, ...).
+    adapters). With `states` (flat indices into every row's positions, target_states' layout)
+    it is computed for every row of the batch at those states alone, each output then (S, ...)
+    instead of (R, L, ...); batch then needs only .tokens.
 
     Evaluated before the training step, so the reference pass's activations are freed before
     the policy's forward and backward pass begins. The head is affine, z = W h + b, so
@@ -287,12 +287,13 @@ def reference(
     tensors live only here. With an adapted head, p itself is handed over. The rows that only
     pad the count (see reference_rows) are copies, so the pass costs the sampled rows alone.
     """
-    if batch.ref_rows.size == 0:
+    if states is None and batch.ref_rows.size == 0:
         return None
     # the rows that repeat the first to pad the count (weight 0) are copied, not computed
-    n = int((batch.ref_weight > 0).sum().item())
+    n = None if states is not None else int((batch.ref_weight > 0).sum().item())
+    tokens = batch.tokens[:, :-1] if n is None else batch.tokens[batch.ref_rows[:n], :-1]
     with (policy or partial(adapters_off, model))():
-        hidden = final_hidden(model, batch.tokens[batch.ref_rows[:n], :-1]).astype(mx.float32)
+        hidden = final_hidden(model, tokens).astype(mx.float32)
         if states is not None:
             hidden = hidden.reshape(-1, hidden.shape[-1])[states]
         logits = output_logits(model, hidden).astype(mx.float32)
@@ -307,7 +308,7 @@ def reference(
             bias = head(mx.zeros((1, hidden.shape[-1]), mx.float32)).astype(mx.float32)[0]
             constant = (probs * bias).sum(axis=-1) if mx.any(bias).item() else None
             ref = Reference(neg_entropy, linear, constant, None)
-    if n < batch.ref_rows.size:
+    if n is not None and n < batch.ref_rows.size:
         repeat = mx.concatenate([mx.arange(n), mx.zeros(batch.ref_rows.size - n, mx.int32)])
         ref = Reference(*(None if x is None else x[repeat] for x in ref))
     mx.eval(ref)
