@@ -186,6 +186,12 @@ FINETUNE_KEYS = schema_keys("finetune", "enabled", "baselines", "critic", "rubri
 @click.option("--valid", help="Validation JSONL (default: 10 % of --data held out).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter folder.")
 @click.option("--probe", type=click.Path(file_okay=False), help="Probe folder for --risk probe.")
+@click.option(
+    "--anchors",
+    help="Safety conversations (`localguard label` output): their refusals of harmful requests "
+    "and answers to benign ones join the training rows (--anchor-ratio of them) at risk 1, "
+    "held to the reference along its own replies.",
+)
 @click.option("--critic", help="Judge for --risk critic: a .gguf file or an MLX model.")
 @click.option("--rubric", type=click.Path(dir_okay=False), help="Judge rubric template file.")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT.partial.")
@@ -209,8 +215,9 @@ def finetune(resume: bool, force: bool, **options: Any) -> None:
 
     options["model"] = resolve_model(options["model"])
     options["data"] = resolve_data(options["data"], options["model"])
-    if options["valid"]:
-        options["valid"] = resolve_data(options["valid"], options["model"])
+    for key in ("valid", "anchors"):
+        if options[key]:
+            options[key] = resolve_data(options[key], options["model"])
     for key in ("out", "probe", "rubric"):
         options[key] = Path(options[key]) if options[key] else None
     options["target_modules"] = list(options["target_modules"])

@@ -2,7 +2,8 @@
 
 Each training example gets a risk in [0, 1] from an estimator (the activation probe, the judge
 critic, a constant, or none), and its loss weights follow from it (docs/design.md, "Adaptive
-regularization"). This module holds the options, the risk estimation and the output folder;
+regularization"); anchors from the safety conversations join them at risk 1 (anchor_samples).
+This module holds the options, the risk estimation, the anchors and the output folder;
 the training itself is backends/mlx/lora_train.py.
 
 The run writes to OUT.partial/ and renames it to OUT only when it has finished, so OUT is never
@@ -18,13 +19,14 @@ import click
 import numpy as np
 
 from localguard import __version__, runs
-from localguard.data import load_dataset, split_for_validation, warnings_for
+from localguard.data import Sample, load_dataset, split_for_validation, warnings_for
 from localguard.errors import InputError
 from localguard.files import describe, file_sha256, write_json
 from localguard.home import home
 from localguard.recipe import schema_field
 
 RISKS = ("none", "constant", "probe", "critic")
+ANCHOR_STREAM = 7  # the anchors' own random stream, apart from the data order's
 
 
 @dataclass
@@ -37,6 +39,7 @@ class FinetuneOptions:
     valid: Path | None = None
     risk: str = schema_field("finetune", "risk")
     probe: Path | None = None
+    anchors: Path | None = None
     critic: str | None = schema_field("finetune", "critic")
     rubric: Path | None = schema_field("finetune", "rubric")
     beta_min: float = schema_field("finetune", "beta_min")
@@ -45,6 +48,7 @@ class FinetuneOptions:
     alpha: str = schema_field("finetune", "alpha")
     risk_ema: float = schema_field("finetune", "risk_ema")
     kl_sample_below: float = schema_field("finetune", "kl_sample_below")
+    anchor_ratio: float = schema_field("finetune", "anchor_ratio")
     lora_rank: int = schema_field("finetune", "lora_rank")
     lora_scale: float = schema_field("finetune", "lora_scale")
     lora_dropout: float = schema_field("finetune", "lora_dropout")
@@ -89,6 +93,44 @@ def check_options(opts: FinetuneOptions) -> None:
         raise InputError("--risk critic needs --critic MODEL (a GGUF file or an MLX model folder)")
     if opts.iters == 0 and opts.epochs <= 0:
         raise InputError("set --iters above 0 or --epochs above 0")
+    if (opts.anchors is None) != (opts.anchor_ratio == 0):
+        raise InputError("--anchors FILE and --anchor-ratio above 0 go together (e.g. 0.3)")
+    if opts.anchors is not None and opts.risk == "none":
+        raise InputError("--anchors are held by the KL term, which --risk none does not have")
+
+
+# --- anchors ---------------------------------------------------------------------------------
+
+
+def anchor_samples(opts: FinetuneOptions, tokenizer, n_train: int) -> list[Sample]:
+    """Rows held to the reference at the full KL weight (risk 1): refusals of harmful requests
+    and answers to benign ones from a safety-conversation file, half each, drawn by seed to
+    make up anchor_ratio of the training rows.
+
+    A user's data holds the fine-tune only on its own prompts, along its own replies. The
+    refusals keep the reference refusing harmful requests (some inside wrappers) that the data
+    never makes; the benign answers keep it answering the benign requests nearest them, so the
+    refusals do not spread.
+    """
+    from localguard.conversations import load_conversations
+
+    path = opts.anchors
+    rows = load_conversations(path, tokenizer, opts.max_seq_length)
+    wanted = round(opts.anchor_ratio / (1 - opts.anchor_ratio) * n_train)
+    rng = np.random.default_rng([opts.seed, ANCHOR_STREAM])
+    anchors = []
+    for query, share in ((1, (wanted + 1) // 2), (0, wanted // 2)):
+        group = [c for c in rows if c.query == query and c.response == 0]
+        what = f"rows with query_label {query} and response_label 0"
+        if not group:
+            raise InputError(f"{path}: no {what} to anchor on")
+        if share > len(group):
+            click.echo(f"warning: {path} has {len(group)} {what}, fewer than {share}", err=True)
+        for i in np.sort(rng.permutation(len(group))[:share]):
+            c = group[i]
+            offset = c.start if opts.mask_prompt else 0
+            anchors.append(Sample(c.tokens, offset, query, "", "", line=c.line))
+    return anchors
 
 
 # --- risk ------------------------------------------------------------------------------------
@@ -183,6 +225,10 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
     for line in warnings_for(train) if rank == 0 else []:
         click.echo(f"warning: {line}", err=True)
     risks, risk_summary = estimate_risk(opts, model, train.samples)
+    risk_summary.update(mean=float(risks.mean()), n=len(risks))
+    anchors = anchor_samples(opts, tokenizer, len(train.samples)) if opts.anchors else []
+    samples = train.samples + anchors
+    risks = np.concatenate([risks, np.ones(len(anchors))])
     work = runs.prepare(opts.out, opts.describe(), resume, force) if rank == 0 else None
     work = work or runs.partial_dir(opts.out)
     lora = lt.LoraSpec(
@@ -195,7 +241,7 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
     )
     num_layers = lt.add_adapters(model, lora, opts.seed)
     spec = lt.TrainSpec(
-        iters=_iters(opts, len(train.samples)),
+        iters=_iters(opts, len(samples)),
         batch_size=opts.batch_size,
         grad_accumulation=opts.grad_accumulation,
         learning_rate=opts.learning_rate,
@@ -216,7 +262,7 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
         bar.update(start)
         lt.train(
             model,
-            train.samples,
+            samples,
             risks,
             weighting_for(opts),
             spec,
@@ -228,17 +274,21 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
     if rank != 0:
         return opts.out
     lt.save_adapters(model, lora.adapter_config(num_layers), work)
+    data = {"train": str(opts.data), "train_sha256": file_sha256(opts.data)}
+    if anchors:
+        data.update(anchors=str(opts.anchors), anchors_sha256=file_sha256(opts.anchors))
     manifest = {
         "kind": "adapter",
         "localguard": __version__,
         "base_model": str(opts.model),
         "base_fingerprint": model_fingerprint(opts.model),
-        "data": {"train": str(opts.data), "train_sha256": file_sha256(opts.data)},
+        "data": data,
         "options": opts.describe(),
         "steps": spec.iters,
         "resumed_from": start,
-        "risk": dict(risk_summary, mean=float(risks.mean()), n=len(risks)),
+        "risk": risk_summary,
         "examples": len(train.samples),
+        "anchor_rows": len(anchors),
         "truncated": train.n_truncated,
         "final": record.last,
     }

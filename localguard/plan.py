@@ -118,6 +118,10 @@ def build_plan(recipe: Recipe) -> list[Stage]:
             if risk == "probe":
                 inputs["probe"] = str(out / "probe")
             settings = {k: v for k, v in fine.items() if k not in ("enabled", "baselines")}
+            if risk == "none":  # plain LoRA, the attack baseline: no KL term to anchor with
+                settings["anchor_ratio"] = 0.0
+            elif fine["anchor_ratio"]:
+                inputs["anchors"] = data["safety"]
             plan.append(Stage("finetune", inputs, {"adapter": adapter}, {**settings, "risk": risk}))
     head = None
     if recipe["head"]["enabled"]:

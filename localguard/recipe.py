@@ -209,6 +209,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
             low=0.0,
             high=1.0,
         ),
+        "anchor_ratio": _f(
+            "float",
+            0.0,
+            "share of the training rows drawn from the anchors: refusals of harmful requests and "
+            "answers to benign ones, half each, from the safety conversations (in a recipe, the "
+            "run's [data] safety), held to the reference at beta_max; 0: none",
+            low=0.0,
+            high=0.9,
+        ),
         "baselines": _f(
             "list[str]",
             [],

@@ -149,6 +149,7 @@ def run_finetune(stage: Stage, recipe: Recipe) -> dict:
         valid=resolve_data(stage.inputs["valid"], model),
         out=Path(stage.outputs["adapter"]),
         probe=Path(stage.inputs["probe"]) if "probe" in stage.inputs else None,
+        anchors=resolve_data(stage.inputs["anchors"], model) if "anchors" in stage.inputs else None,
         max_seq_length=recipe["data"]["max_seq_length"],
         seed=recipe["run"]["seed"],
         **settings,

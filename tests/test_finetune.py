@@ -417,6 +417,74 @@ def test_existing_output_and_missing_estimator_are_errors(world: dict, tmp_path:
     assert result.exit_code == 2 and "--critic" in result.output
 
 
+def test_anchors_are_refusals_and_benign_answers_drawn_by_seed_to_the_ratio(world: dict) -> None:
+    from localguard.finetune import anchor_samples
+
+    safety = world["data"] / "safety_conversations.jsonl"
+    replies: dict[int, set[str]] = {0: set(), 1: set()}
+    for line in safety.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("response_label", row.get("label")) == 0:
+            query = row.get("query_label", row.get("label"))
+            replies[query].add(row["messages"][-1]["content"].strip())
+    _, tokenizer = lt.load(world["model"])
+    opts = FinetuneOptions(
+        world["model"], world["train"], Path("o"), anchors=safety, anchor_ratio=0.2
+    )
+    first = anchor_samples(opts, tokenizer, 40)
+    assert [s.label for s in first] == [1] * 5 + [0] * 5  # 0.2 of 50 rows, half each
+    for s in first:
+        reply = tokenizer.decode(s.tokens[s.offset :])
+        assert 1 <= s.offset < len(s.tokens) and any(r in reply for r in replies[s.label])
+    assert [s.tokens for s in anchor_samples(opts, tokenizer, 40)] == [s.tokens for s in first]
+    opts.seed = 1
+    assert [s.tokens for s in anchor_samples(opts, tokenizer, 40)] != [s.tokens for s in first]
+
+
+def test_anchors_train_at_risk_one_beside_the_estimated_rows(
+    world: dict, tmp_path: Path, monkeypatch
+) -> None:
+    from localguard import finetune as ft
+
+    seen = {}
+
+    def capture(model, samples, risks, *args, **kwargs):
+        seen.update(samples=samples, risks=risks)
+        return 0
+
+    monkeypatch.setattr(lt, "train", capture)
+    monkeypatch.setattr(ft, "estimate_risk", lambda o, m, s: (np.full(len(s), 0.25), {}))
+    safety = world["data"] / "safety_conversations.jsonl"
+    out = tmp_path / "anchored"
+    opts = FinetuneOptions(
+        world["model"],
+        world["train"],
+        out,
+        risk="constant",
+        anchors=safety,
+        anchor_ratio=0.2,
+        max_seq_length=128,
+        iters=1,
+    )
+    ft.finetune(opts)
+    manifest = json.loads((out / "manifest.json").read_text())
+    n, k = manifest["examples"], manifest["anchor_rows"]
+    assert k == round(n / 4) and manifest["data"]["anchors"] == str(safety)
+    assert list(seen["risks"]) == [0.25] * n + [1.0] * k and len(seen["samples"]) == n + k
+
+
+def test_anchor_options_are_checked_before_any_model_work(world: dict, tmp_path: Path) -> None:
+    safety = str(world["data"] / "safety_conversations.jsonl")
+    for extra, words in [
+        (["--risk", "constant", "--anchors", safety], "--anchor-ratio"),
+        (["--risk", "constant", "--anchor-ratio", "0.2"], "--anchors"),
+        (["--risk", "none", "--anchors", safety, "--anchor-ratio", "0.2"], "--risk none"),
+    ]:
+        result = _run(_args(world, tmp_path / "out", "--iters", "2", *extra))
+        assert result.exit_code == 2 and words in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_two_ranks_match_one_process(world: dict, tmp_path: Path) -> None:
     """mlx.launch -n 2 --backend ring: data sharded by rank, gradients averaged, rank 0 writes.
 

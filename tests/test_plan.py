@@ -45,6 +45,19 @@ def test_eval_stage_without_fine_tuning_reads_no_adapter(tmp_path: Path) -> None
     assert ev.adapters == {}
 
 
+def test_anchors_go_to_every_fine_tune_with_a_kl_term_but_plain_lora(tmp_path: Path) -> None:
+    recipe = _recipe(
+        tmp_path, "finetune.baselines=['none', 'constant']", "finetune.anchor_ratio=0.2"
+    )
+    stages = {s.settings["risk"]: s for s in build_plan(recipe) if s.name == "finetune"}
+    assert stages["none"].settings["anchor_ratio"] == 0.0 and "anchors" not in stages["none"].inputs
+    for risk in ("constant", "probe"):
+        assert stages[risk].settings["anchor_ratio"] == 0.2
+        assert stages[risk].inputs["anchors"] == recipe["data"]["safety"]
+    off = {s.settings["risk"]: s for s in build_plan(_recipe(tmp_path)) if s.name == "finetune"}
+    assert "anchors" not in off["probe"].inputs
+
+
 def test_stage_key_follows_the_adapters(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, "finetune.baselines=['none']")
     plan = build_plan(recipe)
