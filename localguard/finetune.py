@@ -224,9 +224,10 @@ def finetune(opts: FinetuneOptions, resume: bool = False, force: bool = False) -
         train.samples, valid = split_for_validation(train.samples, 0.1, opts.seed, opts.data)
     for line in warnings_for(train) if rank == 0 else []:
         click.echo(f"warning: {line}", err=True)
+    # read before the risks, so a bad anchors file fails before a judge scores every row
+    anchors = anchor_samples(opts, tokenizer, len(train.samples)) if opts.anchors else []
     risks, risk_summary = estimate_risk(opts, model, train.samples)
     risk_summary.update(mean=float(risks.mean()), n=len(risks))
-    anchors = anchor_samples(opts, tokenizer, len(train.samples)) if opts.anchors else []
     samples = train.samples + anchors
     risks = np.concatenate([risks, np.ones(len(anchors))])
     work = runs.prepare(opts.out, opts.describe(), resume, force) if rank == 0 else None
