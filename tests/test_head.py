@@ -14,7 +14,7 @@ from localguard.cli import cli
 from localguard.conversations import Conversation
 from localguard.data import prompt_group
 from localguard.errors import InputError
-from localguard.head import HeadOptions, split, train_head
+from localguard.head import WARM_START_CONVERSATIONS, HeadOptions, split, train_head, warm_start
 from localguard.safety_head import (
     SafetyHead,
     check_head_matches,
@@ -485,6 +485,20 @@ def test_the_rows_of_one_prompt_stay_on_one_side_of_the_validation_split() -> No
     assert all(len(s) == 1 for s in sides.values())
     assert sum(c.response for c in valid) == 8 and sum(c.query == 0 for c in valid) == 12
     assert prompt_group("a.json:7#wrap0") == "a.json:7" and prompt_group(None) == ""
+
+
+def test_a_trained_head_starts_from_a_seeded_sample_and_a_probe_reads_every_row() -> None:
+    """Stream and cls modes train the head, so the frozen-feature fit that starts it reads at
+    most WARM_START_CONVERSATIONS rows, drawn by seed in their order; probe mode's fit is the
+    head, so it reads them all."""
+    convs = [Conversation([1, 2, n], 1, -1, n % 2, 0, line=n) for n in range(600)]
+    picked = warm_start(convs, "stream", seed=0)
+    lines = [c.line for c in picked]
+    assert len(picked) == WARM_START_CONVERSATIONS == len(set(lines)) and lines == sorted(lines)
+    assert picked == warm_start(convs, "cls", seed=0)
+    assert lines != [c.line for c in warm_start(convs, "stream", seed=1)]
+    assert warm_start(convs, "probe", seed=0) == convs
+    assert warm_start(convs[:100], "stream", seed=0) == convs[:100]
 
 
 def test_the_query_threshold_counts_held_out_task_prompts_as_negatives() -> None:
