@@ -145,6 +145,32 @@ class GuardBackend(abc.ABC):
         """Free the model, its KV cache and anything held outside Python (llama.cpp's context);
         the backend is not used afterwards."""
 
+    # --- unguarded replies, several at once ------------------------------------------------
+
+    def replies(
+        self,
+        prompts: Sequence[Sequence[int]],
+        samplings: Sequence[Sampling],
+        ended: Callable[[int, list[int]], bool] | None = None,
+    ) -> list[list[int]]:
+        """The sampled tokens of an unguarded reply to each prompt (token ids, a forced reply
+        start at their end), end-of-turn token left out: up to its sampling's max_tokens, or
+        until ended(i, tokens so far) holds. For the stages that make data, not for users: no
+        guard, no logit bias or penalties. This decodes them one after another; a backend
+        that can decode many sequences in one batch does so (rounding may then differ)."""
+        out = []
+        for i, (prompt, sampling) in enumerate(zip(prompts, samplings, strict=True)):
+            self.reset()
+            pick, tokens = plain_sampler(sampling), []
+            logits = self.feed(prompt, every=False).logits
+            while (token := pick(logits)) not in self.eos_ids:
+                tokens.append(token)
+                if len(tokens) >= sampling.max_tokens or (ended and ended(i, tokens)):
+                    break
+                logits = self.feed([token], every=False).logits
+            out.append(tokens)
+        return out
+
     # --- sampling -----------------------------------------------------------------------------
 
     def sampler(self, sampling: Sampling) -> Sampler:
@@ -158,6 +184,13 @@ class GuardBackend(abc.ABC):
         out = np.array(logits, dtype=np.float32, copy=True)
         out[..., np.array(self.safety_ids, np.intp)] = -np.inf
         return out
+
+
+def plain_sampler(sampling: Sampling) -> Sampler:
+    """numpy_sampler for GuardBackend.replies, which applies no logit bias nor penalties."""
+    if sampling.logit_bias or sampling.presence_penalty or sampling.frequency_penalty:
+        raise InputError("unguarded batch replies take no logit_bias nor penalties")
+    return numpy_sampler(sampling)
 
 
 def numpy_sampler(sampling: Sampling) -> Sampler:

@@ -17,9 +17,11 @@ replies, generated with the guard off:
   stays benign in a role-play, so neither the model nor the head learns the wrapper as the
   signal.
 
-Rows go to OUT.partial as they are made, with the options and the rows skipped so far in the
-sidecar OUT.partial.json, so a killed run continues where it stopped when the same command runs
-again (as `localguard eval` continues its partial folder); the finished file is renamed to OUT.
+The replies are asked for BATCH rows at a time (GuardBackend.replies), which llama.cpp decodes
+side by side, one batch per step. Rows go to OUT.partial as they are made, with the options and
+the rows skipped so far in the sidecar OUT.partial.json, so a killed run continues where it
+stopped when the same command runs again (as `localguard eval` continues its partial folder);
+the finished file is renamed to OUT.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,7 @@ from localguard.data import WRAPPED_MARK
 from localguard.errors import InputError
 from localguard.eval.prompts import EvalPrompt, cut_context, load_prompts
 from localguard.files import describe, write_json, write_text
-from localguard.guard import GuardSettings, generate, prompt_messages
+from localguard.guard import chat_tokens, prompt_messages
 from localguard.refusal import first_sentence, is_compliant
 
 KINDS = ("refusal", "harmful", "benign")
@@ -52,6 +54,11 @@ WRAPPER_SLOT = "{prompt}"
 
 ANSWERED = ("harmful", "benign")
 """The kinds whose row is the model's own answer: skipped where the reply is not one."""
+BATCH = 8
+"""Rows whose replies are decoded side by side (GuardBackend.replies): on 2 CPU cores
+llama.cpp wrote the SmolLM2 recipe's rows 1.66 times as fast as one after another from its
+F16 aligned model (the attack stage's), 1.14 times from the raw Q4_1 file
+(scripts/bench_label.py)."""
 
 Task = tuple[EvalPrompt, str]  # a prompt and the kind of row it gives
 
@@ -102,27 +109,6 @@ def reply_seed(seed: int, prompt_id: str, kind: str) -> int:
     in the run, so a resumed run samples each reply as an uninterrupted one does."""
     digest = hashlib.sha256(f"{seed}\0{kind}\0{prompt_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def model_reply(
-    backend: GuardBackend,
-    prompt: str,
-    start: str,
-    sampling: Sampling,
-    until: Callable[[str], bool] | None = None,
-) -> str:
-    """The model's own reply with the guard off. A non-empty start is forced as the beginning
-    of the reply (as eval's prefill attack forces it) and the model continues it; the start
-    does not count against sampling.max_tokens. until(text so far), where given, ends the
-    reply early once it holds: what a caller keeps of the reply is already written."""
-    if start:
-        budget = sampling.max_tokens + len(backend.encode_text(start))
-        sampling = dataclasses.replace(sampling, max_tokens=budget)
-    messages = prompt_messages(prompt, start)
-    released: list[str] = []
-    halt = (lambda: until("".join(released))) if until else None
-    off = GuardSettings(mode="off")
-    return generate(backend, messages, off, sampling, released.append, halt=halt).text
 
 
 def open_model(ref: str, adapter: str | None) -> GuardBackend:
@@ -276,7 +262,7 @@ def label(opts: LabelOptions, force: bool = False) -> dict:
     partial = runs.partial_dir(opts.out)
     write_text(partial, _lines(rows))  # the kept rows, without a cut-short last line
     write_sidecar(partial, options, skipped)
-    rows += generate_rows(opts, tasks[kept:], partial, options, skipped)
+    rows += generate_rows(opts, tasks, kept, partial, options, skipped)
     partial.replace(opts.out)
     sidecar_path(partial).unlink()
     return summarize(rows, skipped, opts.out)
@@ -290,59 +276,89 @@ def prompts_digest(tasks: list[Task]) -> str:
 
 def generate_rows(
     opts: LabelOptions,
-    todo: list[Task],
+    tasks: list[Task],
+    kept: int,
     partial: Path,
     options: dict,
     skipped: set[tuple[str, str]],
 ) -> list[dict]:
-    """Make the rows of todo, appending each to partial as it comes; a harmful or benign reply
-    that is no answer (a refusal) is skipped (added to skipped, which the sidecar keeps). The
-    new rows."""
-    if not todo:
+    """Make the rows of tasks[kept:], appending each to partial as it comes; a harmful or
+    benign reply that is no answer (a refusal) is skipped (added to skipped, which the sidecar
+    keeps). The replies come BATCH tasks at a time, batches counted from the first task, so a
+    resumed run decodes each reply in the batch an uninterrupted one does (the batch sets the
+    rounding), the kept rows of its first batch included. The new rows."""
+    if kept == len(tasks):
         return []
     models = Models(opts)
     new: list[dict] = []
     try:
-        for kind in dict.fromkeys(kind for _, kind in todo):  # a wrong model fails before the bar
+        for kind in dict.fromkeys(kind for _, kind in tasks[kept:]):  # a wrong model fails first
             models.backend(kind)
         with (
             open(partial, "a", encoding="utf-8") as fh,
-            runs.progress_bar(len(todo), "label") as bar,
+            runs.progress_bar(len(tasks) - kept, "label") as bar,
         ):
-            for prompt, kind in todo:
-                text = task_reply(opts, models.backend(kind), prompt, kind)
-                if kind in ANSWERED and not is_compliant(text):
-                    skipped.add((prompt.id, kind))
-                    write_sidecar(partial, options, skipped)
-                else:
-                    new.append(make_row(prompt, kind, text))
-                    fh.write(_lines(new[-1:]))
-                    fh.flush()
-                bar.update(1)
+            for first in range(kept - kept % BATCH, len(tasks), BATCH):
+                batch = tasks[first : first + BATCH]
+                for index, text in enumerate(batch_replies(opts, models, batch), first):
+                    if index < kept:
+                        continue
+                    prompt, kind = tasks[index]
+                    if kind in ANSWERED and not is_compliant(text):
+                        skipped.add((prompt.id, kind))
+                        write_sidecar(partial, options, skipped)
+                    else:
+                        new.append(make_row(prompt, kind, text))
+                        fh.write(_lines(new[-1:]))
+                        fh.flush()
+                    bar.update(1)
     finally:
         models.close()
     return new
 
 
-def task_reply(opts: LabelOptions, backend: GuardBackend, prompt: EvalPrompt, kind: str) -> str:
-    """The reply a row of this kind needs. A refusal continues the forced refusal prefix and
-    ends with that sentence: an unaligned model made to start refusing often goes on to comply
-    ("However, I can provide ..."), and training on that would teach refusing, then answering.
-    The reply stops at that sentence's end: the rest would be cut anyway."""
-    sampling = Sampling(
-        temperature=opts.temperature,
-        max_tokens=opts.max_tokens,
-        seed=reply_seed(opts.seed, prompt.id, kind),
-    )
-    if kind != "refusal":
-        return model_reply(backend, prompt.prompt, "", sampling)
-    start = len(opts.refusal_prefix)
+def batch_replies(opts: LabelOptions, models: Models, batch: list[Task]) -> list[str]:
+    """The reply each task needs, those of one backend (the model, or the complier for
+    harmful rows) decoded side by side."""
+    texts = [""] * len(batch)
+    groups: dict[int, list[int]] = {}
+    for n, (_, kind) in enumerate(batch):
+        groups.setdefault(id(models.backend(kind)), []).append(n)
+    for members in groups.values():
+        backend = models.backend(batch[members[0]][1])
+        replies = backend_replies(opts, backend, [batch[n] for n in members])
+        for n, text in zip(members, replies, strict=True):
+            texts[n] = text
+    return texts
 
-    def ended(text: str) -> bool:
-        return first_sentence(text, start) != text
 
-    reply = model_reply(backend, prompt.prompt, opts.refusal_prefix, sampling, until=ended)
-    return first_sentence(reply, start)
+def backend_replies(opts: LabelOptions, backend: GuardBackend, tasks: list[Task]) -> list[str]:
+    """The replies of one backend. A refusal continues the forced refusal prefix and ends with
+    that sentence: an unaligned model made to start refusing often goes on to comply ("However,
+    I can provide ..."), and training on that would teach refusing, then answering. The reply
+    stops at that sentence's end: the rest would be cut anyway."""
+    cut = len(opts.refusal_prefix)
+    refusal = [kind == "refusal" for _, kind in tasks]
+    starts, prompts, samplings = [], [], []
+    for (prompt, kind), refuses in zip(tasks, refusal, strict=True):
+        messages = prompt_messages(prompt.prompt, opts.refusal_prefix if refuses else "")
+        ids, start = chat_tokens(backend, messages)
+        starts.append(start)
+        prompts.append(ids + start)
+        seed = reply_seed(opts.seed, prompt.id, kind)
+        samplings.append(Sampling(opts.temperature, max_tokens=opts.max_tokens, seed=seed))
+
+    def text(k: int, tokens: list[int]) -> str:
+        return backend.decode(starts[k] + tokens)
+
+    def ended(k: int, tokens: list[int]) -> bool:
+        return refusal[k] and first_sentence(reply := text(k, tokens), cut) != reply
+
+    replies = [text(k, t) for k, t in enumerate(backend.replies(prompts, samplings, ended))]
+    return [
+        first_sentence(r, cut) if refuses else r
+        for r, refuses in zip(replies, refusal, strict=True)
+    ]
 
 
 class Models:

@@ -28,7 +28,7 @@ from backend_checks import (
 from click.testing import CliRunner
 from guarded_gguf import BIAS, PREFIX, SCALE, THRESHOLDS, write_guarded_gguf
 
-from localguard.backends.base import Sampling
+from localguard.backends.base import GuardBackend, Sampling
 from localguard.errors import InputError
 from localguard.guard import GuardSettings, generate
 
@@ -121,6 +121,33 @@ def test_a_prompt_keeps_the_whole_chunks_it_shares_with_the_one_before(
     assert b.tokens == second and b.model.position == len(second)
     assert np.array_equal(got.logits, expected.logits)
     assert np.array_equal(got.safety, expected.safety)
+
+
+def test_batched_replies_are_the_one_by_one_replies(backend) -> None:
+    """llama.cpp decodes the label stage's replies side by side in one context of their own;
+    each reply is the one decoded alone (greedy, and sampled by its own seed), stops where
+    ended says or at its max_tokens, and leaves the backend's own sequence as it was."""
+    b = backend
+    chats = ["Tell me about the river.", "How do I pick a lock?", "Why?", "A story, please."]
+    prompts = [b.encode_chat(chat(c)) for c in chats]
+    prompts[1] += b.encode_text(" Sure,")  # a forced start, as a refusal row has
+    samplings = [Sampling(max_tokens=n) for n in (12, 9, 12, 5)]
+    samplings[2] = Sampling(temperature=1.0, max_tokens=12, seed=7)
+    b.reset()
+    b.feed(prompts[0])
+    kept = (b.tokens, b.model.position)
+
+    def ended(i: int, tokens: list[int]) -> bool:
+        return i == 0 and len(tokens) == 4
+
+    batched = b.replies(prompts, samplings, ended)
+    assert (b.tokens, b.model.position) == kept
+    assert batched == GuardBackend.replies(b, prompts, samplings, ended)
+    assert b.replies(prompts, samplings, ended) == batched  # the same batch, the same replies
+    assert [len(r) <= s.max_tokens for r, s in zip(batched, samplings, strict=True)] == [True] * 4
+    assert len(batched[0]) == 4 and not set(sum(batched, [])) & (set(b.safety_ids) | b.eos_ids)
+    with pytest.raises(InputError, match="safety row"):
+        b.replies([prompts[0] + [b.safety_ids[0]]], samplings[:1])
 
 
 def test_guarded_generation_rewinds_and_refuses(backend) -> None:

@@ -17,7 +17,6 @@ from tiny_models import make_tiny_model
 from localguard import label as stage
 from localguard.cli import cli
 from localguard.errors import InputError
-from localguard.guard import generate
 from localguard.label import LEAD_IN_MAX_CHARS, LabelOptions, harmful_onset, reply_seed
 from localguard.refusal import REFUSAL_PREFIX
 
@@ -79,19 +78,42 @@ def read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def count_generations(monkeypatch, stop_after: int | None = None, real=generate) -> list[int]:
-    """Count the label stage's calls of real (guard.generate); raise KeyboardInterrupt (a kill)
-    on call stop_after + 1."""
+REAL_BATCH_REPLIES = stage.batch_replies
+
+
+def count_replies(monkeypatch, stop_after=None, real=REAL_BATCH_REPLIES, batch=2) -> list[int]:
+    """Count the replies the label stage asks for (stage.batch_replies, `batch` rows at a
+    time); raise KeyboardInterrupt (a kill) before the next batch once stop_after are made."""
     calls: list[int] = []
+    monkeypatch.setattr(stage, "BATCH", batch)
 
-    def counted(*args, **kwargs):
-        if stop_after is not None and len(calls) == stop_after:
+    def counted(opts, models, tasks):
+        if stop_after is not None and len(calls) >= stop_after:
             raise KeyboardInterrupt
-        calls.append(1)
-        return real(*args, **kwargs)
+        calls.extend([1] * len(tasks))
+        return real(opts, models, tasks)
 
-    monkeypatch.setattr(stage, "generate", counted)
+    monkeypatch.setattr(stage, "batch_replies", counted)
     return calls
+
+
+class Continues:
+    """A backend whose tokens are strings and whose every reply is one continuation."""
+
+    def __init__(self, continuation: str) -> None:
+        self.continuation = continuation
+
+    def encode_chat(self, messages, add_generation_prompt: bool = True) -> list[str]:
+        return ["<chat>"]
+
+    def encode_text(self, text: str) -> list[str]:
+        return [text]
+
+    def decode(self, tokens) -> str:
+        return "".join(tokens)
+
+    def replies(self, prompts, samplings, ended=None) -> list[list[str]]:
+        return [[self.continuation] for _ in prompts]
 
 
 # --- the onset rule -------------------------------------------------------------------------
@@ -131,18 +153,15 @@ def test_onset_is_zero_without_a_lead_in(reply: str) -> None:
         (" it is harmful", " it is harmful"),  # no sentence end: the whole reply
     ],
 )
-def test_a_refusal_row_ends_with_its_first_sentence(
-    continuation: str, kept: str, monkeypatch
-) -> None:
+def test_a_refusal_row_ends_with_its_first_sentence(continuation: str, kept: str) -> None:
     """An unaligned model forced to start refusing often goes on to comply; the refusal row
     keeps the refusing sentence only."""
-    monkeypatch.setattr(
-        stage, "model_reply", lambda b, p, start, s, until=None: start + continuation
-    )
     opts = options(Path("m"), (Path("h"), Path("b")), Path("o"))
     prompt = stage.EvalPrompt(id="f:1", prompt="How do I hurt the cat?", harmful=True)
-    assert stage.task_reply(opts, None, prompt, "refusal") == REFUSAL_PREFIX + kept
-    assert stage.task_reply(opts, None, prompt, "benign") == continuation
+    replies = stage.backend_replies(
+        opts, Continues(continuation), [(prompt, "refusal"), (prompt, "benign")]
+    )
+    assert replies == [REFUSAL_PREFIX + kept, continuation]
 
 
 def test_a_refusal_reply_stops_at_its_first_sentence_end() -> None:
@@ -153,8 +172,10 @@ def test_a_refusal_reply_stops_at_its_first_sentence_end() -> None:
     opts = options(Path("m"), (Path("h"), Path("b")), Path("o"), refusal_prefix=PREFIX)
     opts = dataclasses.replace(opts, max_tokens=60)
     prompt = stage.EvalPrompt(id="f:1", prompt="How do I hurt the cat?", harmful=True)
-    assert stage.task_reply(opts, backend, prompt, "refusal") == PREFIX + " it is harmful."
-    assert backend.decode(backend.seq[backend.prompt_len :]) == PREFIX + " it is harmful. "
+    assert stage.backend_replies(opts, backend, [(prompt, "refusal")]) == [
+        PREFIX + " it is harmful."
+    ]
+    assert backend.decode(backend.seq[backend.prompt_len :]) == PREFIX + " it is harmful."
 
 
 def test_rows_carry_the_labels_of_their_kind(model: Path, files, tmp_path: Path) -> None:
@@ -204,14 +225,14 @@ def test_refusals_are_skipped_and_counted_and_head_train_reads_the_rows(
         HARMFUL[1]: lead_in + "First, take the hammer.",
     }
 
-    def scripted(backend, messages, *args, **kwargs):
-        result = generate(backend, messages, *args, **kwargs)
-        prompt, own_reply = messages[0]["content"], len(messages) == 1
-        if own_reply and prompt in replaced:
-            return dataclasses.replace(result, text=replaced[prompt])
-        return result
+    def scripted(opts, models, tasks):
+        texts = REAL_BATCH_REPLIES(opts, models, tasks)
+        return [
+            replaced[p.prompt] if kind != "refusal" and p.prompt in replaced else text
+            for (p, kind), text in zip(tasks, texts, strict=True)
+        ]
 
-    monkeypatch.setattr(stage, "generate", scripted)
+    monkeypatch.setattr(stage, "batch_replies", scripted)
     out = tmp_path / "labeled.jsonl"
     summary = stage.label(options(model, files, out))
     assert summary["rows"] == {"refusal": 3, "harmful": 2, "benign": 2}
@@ -273,24 +294,26 @@ def test_the_same_command_gives_the_same_bytes(model: Path, files, tmp_path: Pat
 def test_a_killed_run_resumes_without_regenerating_kept_rows(
     model: Path, files, tmp_path: Path, monkeypatch
 ) -> None:
-    """Sampled, so a resumed reply seeded by its place in the run would differ."""
+    """Sampled, so a resumed reply seeded by its place in the run would differ. Replies come
+    in batches (of 2 here) counted from the first task: a run killed while writing a batch's
+    rows decodes that whole batch again, as the uninterrupted run did, and keeps its rows."""
     sampled = {"temperature": 1.0, "max_tokens": 8}
     whole = tmp_path / "whole.jsonl"
-    calls = count_generations(monkeypatch)
+    calls = count_replies(monkeypatch)
     stage.label(options(model, files, whole, **sampled))
     assert len(calls) == 8
 
     out = tmp_path / "resumed.jsonl"
     partial = out.with_name(out.name + ".partial")
-    count_generations(monkeypatch, stop_after=3)
+    count_replies(monkeypatch, stop_after=4)
     with pytest.raises(KeyboardInterrupt):
         stage.label(options(model, files, out, **sampled))
-    assert len(partial.read_text().splitlines()) == 3 and not out.exists()
-    with open(partial, "a") as fh:
-        fh.write('{"prompt": "cut sh')  # a kill in the middle of a line
-    calls = count_generations(monkeypatch)
+    assert len(partial.read_text().splitlines()) == 4 and not out.exists()
+    kept = partial.read_text().splitlines(keepends=True)[:3]
+    partial.write_text("".join(kept) + '{"prompt": "cut sh')  # a kill in the middle of a line
+    calls = count_replies(monkeypatch)
     stage.label(options(model, files, out, **sampled))
-    assert len(calls) == 5
+    assert len(calls) == 6  # tasks 2 .. 7: the batch of the first missing row, and the rest
     assert out.read_bytes() == whole.read_bytes()
     assert not partial.exists()
 
@@ -302,18 +325,17 @@ def test_skipped_prompts_are_not_asked_again(
     killed run's skips are remembered, harmful and benign alike."""
     refused = [*HARMFUL, BENIGN[0]]
 
-    def refuses(backend, messages, *args, **kwargs):
-        result = generate(backend, messages, *args, **kwargs)
-        if len(messages) == 1 and messages[0]["content"] in refused:
-            return dataclasses.replace(result, text="I can't help with that.")
-        return result
+    def refuses(opts, models, tasks):
+        texts = REAL_BATCH_REPLIES(opts, models, tasks)
+        answered = [kind != "refusal" and p.prompt in refused for p, kind in tasks]
+        return ["I can't help with that." if a else t for a, t in zip(answered, texts, strict=True)]
 
     out = tmp_path / "labeled.jsonl"
     # (refusal, skipped) three times, the first benign prompt skipped, then a kill
-    count_generations(monkeypatch, stop_after=7, real=refuses)
+    count_replies(monkeypatch, stop_after=7, real=refuses, batch=1)
     with pytest.raises(KeyboardInterrupt):
         stage.label(options(model, files, out))
-    calls = count_generations(monkeypatch, real=refuses)
+    calls = count_replies(monkeypatch, real=refuses, batch=1)
     summary = stage.label(options(model, files, out))
     assert len(calls) == 8 - 7
     assert summary["rows"] == {"refusal": 3, "harmful": 0, "benign": 1}
@@ -341,11 +363,11 @@ def test_a_rerun_with_other_options_is_refused(
 ) -> None:
     out = tmp_path / "labeled.jsonl"
     partial = out.with_name(out.name + ".partial")
-    count_generations(monkeypatch, stop_after=2)
+    count_replies(monkeypatch, stop_after=2)
     with pytest.raises(KeyboardInterrupt):
         stage.label(options(model, files, out))
     kept = partial.read_bytes()
-    count_generations(monkeypatch)
+    count_replies(monkeypatch)
     runner = CliRunner()
     other = runner.invoke(cli, cli_args(model, files, out, "--max-tokens", "7", "--seed", "2"))
     assert other.exit_code == 2

@@ -21,7 +21,7 @@ import contextlib
 import ctypes
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,9 +331,17 @@ class GGUFModel:
         self._adapter = lib.llama_adapter_lora_init(self._model, str(lora).encode())
         if not self._adapter:
             raise InputError(f"llama.cpp cannot apply the LoRA {lora} to {self.path}")
+        self._lora = (lora, scale)
+        self._use_lora(self._ctx)
+
+    def _use_lora(self, ctx) -> None:
+        """Apply the attached LoRA adapter (if any) to a context of this model."""
+        if not self._adapter:
+            return
+        lib, (lora, scale) = self._lib, self._lora
         adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self._adapter)
         scales = (ctypes.c_float * 1)(scale)
-        if lib.llama_set_adapters_lora(self._ctx, adapters, 1, scales) != 0:
+        if lib.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
             raise InputError(f"llama.cpp cannot apply the LoRA {lora} to {self.path}")
 
     # --- tokens ---
@@ -464,6 +472,65 @@ class GGUFModel:
         if code != 0:
             raise RuntimeError(f"llama_decode failed with code {code}")
         self.position += n
+
+    def decode_many(
+        self,
+        prompts: Sequence[Sequence[int]],
+        room: int,
+        next_token: Callable[[int, np.ndarray], int | None],
+        n_threads: int | None = None,
+    ) -> None:
+        """Decode several sequences side by side, one llama_decode per step for all of them
+        (a matrix product instead of a matrix-vector product per weight): on 2 CPU cores 8
+        sequences of SmolLM2-135M decoded 2.3 to 2.5 times the tokens per second of one in
+        F16 and Q4_K_M, 1.45 times in Q4_1, whose blocks have no batched kernel. next_token(i,
+        logits) is given sequence i's next-token logits (a view, valid during the call) after
+        its prompt and after each token it returned, and returns the token to append, or None
+        when the sequence has ended; room is the most tokens any sequence appends. Its own
+        context, freed after: the single sequence's KV cache is untouched. The rounding depends
+        on the batch (its size, members and order), so where two tokens are nearly tied a
+        sequence decoded in another batch may take the other one; the same batch decodes the
+        same way every time."""
+        lib = self._lib
+        tokens = [[int(t) for t in p] for p in prompts]
+        if any(not 0 <= t < self.n_vocab for p in tokens for t in p):
+            raise InputError(f"a prompt holds a token id outside the vocabulary of {self.n_vocab}")
+        params = lib.llama_context_default_params()
+        params.n_ctx = sum(len(p) for p in tokens) + len(tokens) * (room + 1)
+        params.n_batch = params.n_ubatch = min(self.n_batch, params.n_ctx)
+        params.n_seq_max = len(tokens)
+        params.kv_unified = True  # every sequence draws cells from one pool of n_ctx
+        params.n_threads = params.n_threads_batch = n_threads or default_threads(self.path)
+        params.no_perf = True
+        ctx = lib.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise InputError(f"llama.cpp cannot create a context for {self.path}")
+        batch = lib.llama_batch_init(params.n_batch, 0, 1)
+        try:
+            self._use_lora(ctx)
+            todo = [(i, j, t) for i, p in enumerate(tokens) for j, t in enumerate(p)]
+            lengths = [len(p) for p in tokens]
+            while todo:  # prompt tokens first, then one token per live sequence per step
+                chunk, todo = todo[: params.n_batch], todo[params.n_batch :]
+                for k, (i, j, t) in enumerate(chunk):
+                    batch.token[k], batch.pos[k] = t, j
+                    batch.n_seq_id[k], batch.seq_id[k][0] = 1, i
+                    batch.logits[k] = j == lengths[i] - 1
+                batch.n_tokens = len(chunk)
+                code = lib.llama_decode(ctx, batch)
+                if code != 0:
+                    raise RuntimeError(f"llama_decode failed with code {code}")
+                for k, (i, j, _) in enumerate(chunk):
+                    if j != lengths[i] - 1:
+                        continue
+                    buf = (ctypes.c_float * self.n_vocab).from_address(self._logits_at(ctx, k))
+                    token = next_token(i, np.ctypeslib.as_array(buf))
+                    if token is not None:
+                        todo.append((i, lengths[i], int(token)))
+                        lengths[i] += 1
+        finally:
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
 
     def cls(self, reads: list[tuple[int, int]], columns: np.ndarray) -> np.ndarray:
         """The logits at `columns` (a copy) of the CLS token decoded as a second sequence that

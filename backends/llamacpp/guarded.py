@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localguard.backends.base import GuardBackend, HeadInfo, Step
+from localguard.backends.base import GuardBackend, HeadInfo, Sampling, Step, plain_sampler
 from localguard.backends.llamacpp.gguf_runtime import GGUFModel, HeadSpec, read_metadata
 from localguard.cls_token import ClsRule, ClsState
 from localguard.encoding import render_pieces
@@ -283,6 +283,35 @@ class LlamaCppGuardBackend(GuardBackend):
             return rows.astype(np.float64)
         raw = rows if self._scale is None else rows / self._scale
         return raw + self._bias
+
+    def replies(
+        self,
+        prompts: Sequence[Sequence[int]],
+        samplings: Sequence[Sampling],
+        ended: Callable[[int, list[int]], bool] | None = None,
+    ) -> list[list[int]]:
+        """GuardBackend.replies, every prompt decoded side by side (GGUFModel.decode_many)."""
+        if len(prompts) != len(samplings):
+            raise ValueError("replies needs one sampling per prompt")
+        if any(t in self._safety_set for p in prompts for t in p):
+            raise InputError("a prompt holds a safety row's token id")
+        picks = [plain_sampler(s) for s in samplings]
+        out: list[list[int]] = [[] for _ in prompts]
+
+        def next_token(i: int, logits: np.ndarray) -> int | None:
+            row = np.array(logits, dtype=np.float32)
+            row[self._masked] = -np.inf
+            token = picks[i](row)
+            if token in self.eos_ids:
+                return None
+            out[i].append(token)
+            done = len(out[i]) >= samplings[i].max_tokens or (ended and ended(i, out[i]))
+            return None if done else token
+
+        if prompts:
+            room = max(s.max_tokens for s in samplings)
+            self.model.decode_many(prompts, room, next_token)
+        return out
 
     def rewind(self, length: int) -> None:
         if not 0 <= length <= len(self._tokens):
