@@ -158,17 +158,12 @@ class GuardBackend(abc.ABC):
         until ended(i, tokens so far) holds. For the stages that make data, not for users: no
         guard, no logit bias or penalties. This decodes them one after another; a backend
         that can decode many sequences in one batch does so (rounding may then differ)."""
-        out = []
-        for i, (prompt, sampling) in enumerate(zip(prompts, samplings, strict=True)):
+        out, next_token = reply_steps(len(prompts), samplings, self.eos_ids, ended)
+        for i, prompt in enumerate(prompts):
             self.reset()
-            pick, tokens = plain_sampler(sampling), []
-            logits = self.feed(prompt, every=False).logits
-            while (token := pick(logits)) not in self.eos_ids:
-                tokens.append(token)
-                if len(tokens) >= sampling.max_tokens or (ended and ended(i, tokens)):
-                    break
-                logits = self.feed([token], every=False).logits
-            out.append(tokens)
+            token = next_token(i, self.feed(prompt, every=False).logits)
+            while token is not None:
+                token = next_token(i, self.feed([token], every=False).logits)
         return out
 
     # --- sampling -----------------------------------------------------------------------------
@@ -186,11 +181,32 @@ class GuardBackend(abc.ABC):
         return out
 
 
-def plain_sampler(sampling: Sampling) -> Sampler:
-    """numpy_sampler for GuardBackend.replies, which applies no logit bias nor penalties."""
-    if sampling.logit_bias or sampling.presence_penalty or sampling.frequency_penalty:
+def reply_steps(
+    count: int,
+    samplings: Sequence[Sampling],
+    eos_ids: frozenset[int],
+    ended: Callable[[int, list[int]], bool] | None,
+) -> tuple[list[list[int]], Callable[[int, np.ndarray], int | None]]:
+    """(replies, next_token) for GuardBackend.replies: next_token(i, logits, safety rows
+    masked) samples reply i's next token and appends it to replies[i], and returns it to be fed,
+    or None once the reply has ended (end of turn, max_tokens or ended). numpy samplers, which
+    apply no logit bias nor penalties."""
+    if len(samplings) != count:
+        raise ValueError("replies needs one sampling per prompt")
+    if any(s.logit_bias or s.presence_penalty or s.frequency_penalty for s in samplings):
         raise InputError("unguarded batch replies take no logit_bias nor penalties")
-    return numpy_sampler(sampling)
+    picks = [numpy_sampler(s) for s in samplings]
+    out: list[list[int]] = [[] for _ in samplings]
+
+    def next_token(i: int, logits: np.ndarray) -> int | None:
+        token = picks[i](logits)
+        if token in eos_ids:
+            return None
+        out[i].append(token)
+        done = len(out[i]) >= samplings[i].max_tokens or (ended and ended(i, out[i]))
+        return None if done else token
+
+    return out, next_token
 
 
 def numpy_sampler(sampling: Sampling) -> Sampler:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from localguard.backends.base import GuardBackend, HeadInfo, Sampling, Step, plain_sampler
+from localguard.backends.base import GuardBackend, HeadInfo, Sampling, Step, reply_steps
 from localguard.backends.llamacpp.gguf_runtime import GGUFModel, HeadSpec, read_metadata
 from localguard.cls_token import ClsRule, ClsState
 from localguard.encoding import render_pieces
@@ -291,26 +291,12 @@ class LlamaCppGuardBackend(GuardBackend):
         ended: Callable[[int, list[int]], bool] | None = None,
     ) -> list[list[int]]:
         """GuardBackend.replies, every prompt decoded side by side (GGUFModel.decode_many)."""
-        if len(prompts) != len(samplings):
-            raise ValueError("replies needs one sampling per prompt")
         if any(t in self._safety_set for p in prompts for t in p):
             raise InputError("a prompt holds a safety row's token id")
-        picks = [plain_sampler(s) for s in samplings]
-        out: list[list[int]] = [[] for _ in prompts]
-
-        def next_token(i: int, logits: np.ndarray) -> int | None:
-            row = np.array(logits, dtype=np.float32)
-            row[self._masked] = -np.inf
-            token = picks[i](row)
-            if token in self.eos_ids:
-                return None
-            out[i].append(token)
-            done = len(out[i]) >= samplings[i].max_tokens or (ended and ended(i, out[i]))
-            return None if done else token
-
+        out, step = reply_steps(len(prompts), samplings, self.eos_ids, ended)
         if prompts:
             room = max(s.max_tokens for s in samplings)
-            self.model.decode_many(prompts, room, next_token)
+            self.model.decode_many(prompts, room, lambda i, logits: step(i, self.masked(logits)))
         return out
 
     def rewind(self, length: int) -> None:
