@@ -17,11 +17,11 @@ replies, generated with the guard off:
   stays benign in a role-play, so neither the model nor the head learns the wrapper as the
   signal.
 
-The replies are asked for BATCH rows at a time (GuardBackend.replies), which llama.cpp decodes
-side by side, one batch per step. Rows go to OUT.partial as they are made, with the options and
-the rows skipped so far in the sidecar OUT.partial.json, so a killed run continues where it
-stopped when the same command runs again (as `localguard eval` continues its partial folder);
-the finished file is renamed to OUT.
+The replies are asked for REPLY_BATCH rows at a time (GuardBackend.replies), which llama.cpp
+decodes side by side, one batch per step. Rows go to OUT.partial as they are made, with the
+options and the rows skipped so far in the sidecar OUT.partial.json, so a killed run continues
+where it stopped when the same command runs again (as `localguard eval` continues its partial
+folder); the finished file is renamed to OUT.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localguard import runs
-from localguard.backends.base import GuardBackend, Sampling
+from localguard.backends.base import REPLY_BATCH, GuardBackend, Sampling
 from localguard.backends.factory import backend_for, gguf_path, open_guard_backend
 from localguard.data import WRAPPED_MARK
 from localguard.errors import InputError
@@ -54,11 +54,6 @@ WRAPPER_SLOT = "{prompt}"
 
 ANSWERED = ("harmful", "benign")
 """The kinds whose row is the model's own answer: skipped where the reply is not one."""
-BATCH = 8
-"""Rows whose replies are decoded side by side (GuardBackend.replies): on 2 CPU cores
-llama.cpp wrote the SmolLM2 recipe's rows 1.66 times as fast as one after another from its
-F16 aligned model (the attack stage's), 1.14 times from the raw Q4_1 file
-(scripts/bench_label.py)."""
 
 Task = tuple[EvalPrompt, str]  # a prompt and the kind of row it gives
 
@@ -284,7 +279,7 @@ def generate_rows(
 ) -> list[dict]:
     """Make the rows of tasks[kept:], appending each to partial as it comes; a harmful or
     benign reply that is no answer (a refusal) is skipped (added to skipped, which the sidecar
-    keeps). The replies come BATCH tasks at a time, batches counted from the first task, so a
+    keeps). The replies come REPLY_BATCH tasks at a time, batches counted from the first task, so a
     resumed run decodes each reply in the batch an uninterrupted one does (the batch sets the
     rounding), the kept rows of its first batch included. The new rows."""
     if kept == len(tasks):
@@ -298,8 +293,8 @@ def generate_rows(
             open(partial, "a", encoding="utf-8") as fh,
             runs.progress_bar(len(tasks) - kept, "label") as bar,
         ):
-            for first in range(kept - kept % BATCH, len(tasks), BATCH):
-                batch = tasks[first : first + BATCH]
+            for first in range(kept - kept % REPLY_BATCH, len(tasks), REPLY_BATCH):
+                batch = tasks[first : first + REPLY_BATCH]
                 for index, text in enumerate(batch_replies(opts, models, batch), first):
                     if index < kept:
                         continue

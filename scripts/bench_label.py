@@ -1,14 +1,14 @@
 """The label stage's replies decoded side by side against one after another, on the same model.
 
 `localguard label` (and the attack stage, which labels the task with it) asks the model for
-BATCH replies at a time (GuardBackend.replies); llama.cpp decodes them as BATCH sequences of
-one context, one llama_decode per step for all of them. This times the label stage's own
-function, label.backend_replies, on a llama.cpp model: batched (the backend's replies) against
-one by one (the interface's default, the same prompts in the same order), greedy, max_tokens
-as the recipe's [label]. Rounds alternate which side goes first; the ratio is one-by-one
-seconds over batched seconds per round, the median reported with the lowest and highest. The
-replies may differ in a few tokens (the batch changes the rounding), so how many are identical
-is printed too.
+REPLY_BATCH replies at a time (GuardBackend.replies); llama.cpp decodes them as that many
+sequences of one context, one llama_decode per step for all of them. This times the label
+stage's own function, label.backend_replies, on a llama.cpp model: batched (the backend's
+replies) against one by one (the interface's default, the same prompts in the same order),
+greedy, max_tokens as the recipe's [label]. Rounds alternate which side goes first; the ratio is
+one-by-one seconds over batched seconds per round, the median reported with the lowest and
+highest. The replies may differ in a few tokens (the batch changes the rounding), so how many
+are identical is printed too.
 
 Target: batched >= 1.5x as fast (ratio >= 1.5) on 2 CPU cores with SmolLM2-135M. Measured:
 1.66 on the recipe's F16 aligned export (what the attack stage labels with; 32/32 replies
@@ -24,10 +24,10 @@ import argparse
 import statistics
 import time
 
-from localguard.backends.base import GuardBackend
+from localguard.backends.base import REPLY_BATCH, GuardBackend
 from localguard.backends.factory import open_guard_backend
 from localguard.eval.prompts import load_prompts
-from localguard.label import BATCH, LabelOptions, backend_replies
+from localguard.label import LabelOptions, backend_replies
 from localguard.refusal import REFUSAL_PREFIX
 
 
@@ -45,10 +45,10 @@ class OneByOne:
 
 
 def timed(opts: LabelOptions, backend, tasks) -> tuple[float, list[str]]:
-    """(seconds, replies) of every task, BATCH at a time as the label stage asks for them."""
+    """(seconds, replies) of every task, REPLY_BATCH at a time as the label stage asks for them."""
     start, replies = time.perf_counter(), []
-    for first in range(0, len(tasks), BATCH):
-        replies += backend_replies(opts, backend, tasks[first : first + BATCH])
+    for first in range(0, len(tasks), REPLY_BATCH):
+        replies += backend_replies(opts, backend, tasks[first : first + REPLY_BATCH])
     return time.perf_counter() - start, replies
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     ratios, replies = [], {}
     try:
         sides = {"batched": backend, "one by one": OneByOne(backend)}
-        timed(opts, backend, tasks[:BATCH])  # warm-up
+        timed(opts, backend, tasks[:REPLY_BATCH])  # warm-up
         for r in range(args.repeats):
             seconds = {}
             for name in sorted(sides, reverse=bool(r % 2)):
@@ -80,7 +80,7 @@ def main() -> None:
             ratios.append(seconds["one by one"] / seconds["batched"])
             print(
                 f"round {r + 1}: one by one {seconds['one by one']:.1f} s, batched "
-                f"{seconds['batched']:.1f} s ({len(tasks)} replies, batches of {BATCH})"
+                f"{seconds['batched']:.1f} s ({len(tasks)} replies, batches of {REPLY_BATCH})"
             )
     finally:
         backend.close()

@@ -85,7 +85,7 @@ def count_replies(monkeypatch, stop_after=None, real=REAL_BATCH_REPLIES, batch=2
     """Count the replies the label stage asks for (stage.batch_replies, `batch` rows at a
     time); raise KeyboardInterrupt (a kill) before the next batch once stop_after are made."""
     calls: list[int] = []
-    monkeypatch.setattr(stage, "BATCH", batch)
+    monkeypatch.setattr(stage, "REPLY_BATCH", batch)
 
     def counted(opts, models, tasks):
         if stop_after is not None and len(calls) >= stop_after:

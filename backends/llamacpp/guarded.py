@@ -125,6 +125,8 @@ class _ClsSteps(ClsState):
 class LlamaCppGuardBackend(GuardBackend):
     """One GGUF model (optionally + LoRA GGUF) with its baked head and one sequence."""
 
+    batches_replies = True  # GGUFModel.decode_many
+
     def __init__(
         self,
         model: GGUFModel,

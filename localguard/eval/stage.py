@@ -1,7 +1,10 @@
 """`localguard eval`'s one entry point: every suite on every target, judged, written, resumable.
 
-Every reply goes through localguard.guard.generate, so a target with the guard off is decoded
-exactly as one with it on, minus the interventions.
+Every reply of a target with a safety head goes through localguard.guard.generate, so with the
+guard off it is decoded exactly as with it on, minus the interventions. A target without a head
+(nothing a guard could read) on a backend that decodes side by side gets REPLY_BATCH replies
+at a time from GuardBackend.replies instead, batches counted from its first case, so a resumed
+run decodes each reply in the batch an uninterrupted one does.
 
 Each reply is generated once and read by every judge: one record per judge. Results are
 appended to OUT.partial/results.partial.jsonl as they come, so a killed run resumes where it
@@ -25,7 +28,7 @@ import click
 import numpy as np
 
 from localguard import runs
-from localguard.backends.base import GuardBackend, Sampling
+from localguard.backends.base import REPLY_BATCH, GuardBackend, Sampling
 from localguard.errors import InputError
 from localguard.eval.judges import JUDGES, Judge, deciders, judge_case, make_judges
 from localguard.eval.options import EvalOptions, Target
@@ -44,7 +47,7 @@ from localguard.eval.suites import (
 from localguard.eval.summary import TASK, judge_of, summarize
 from localguard.eval.targets import attack_targets, open_target
 from localguard.files import clean_json, temporary_name, write_json
-from localguard.guard import GuardResult, GuardSettings, generate, prompt_messages
+from localguard.guard import GuardResult, GuardSettings, chat_tokens, generate, prompt_messages
 from localguard.recipe import ATTACK_SUITES, EVAL_SUITES
 
 PARTIAL_RESULTS = "results.partial.jsonl"
@@ -199,12 +202,18 @@ def run_target(
         return
     backend = open_target(target, opts.guard) if any(not have for *_, have in todo) else None
     settings = dataclasses.replace(opts.guard, mode=target.guard)
+    batched = backend is not None and backend.batches_replies and not backend.head.names
+    made: dict[int, dict] = {}  # batched: the reply records of the current batch, by case index
     with runs.progress_bar(len(todo), f"{target.name:<24}") as bar:
         for index, case, have in todo:
             if have:
                 write_verdicts(case, judges, have[0], write, {judge_of(r) for r in have})
             elif case.metric == TASK:
                 write(task_record(target.name, case, backend))
+            elif batched:
+                if index not in made:
+                    made = batch_generations(target.name, cases, index, backend, opts.sampling)
+                write_verdicts(case, judges, made[index], write)
             else:
                 sampling = _sampling(opts.sampling, case, index, backend)
                 reply_record = generation(target.name, case, backend, settings, sampling)
@@ -236,15 +245,59 @@ def generation(
     """One reply of target to case as a record whose verdict is still to come (hit, judge
     and verdict are filled in per judge by write_verdicts)."""
     prefill, result = reply(backend, case, settings, sampling)
+    guard = guard_record(result, bool(backend.head.names))
+    return reply_record(target, case, prefill, result.text, result.finish, guard, sampling)
+
+
+def reply_record(
+    target: str,
+    case: Case,
+    prefill: str,
+    output: str,
+    finish: str,
+    guard: dict | None,
+    sampling: Sampling,
+) -> dict:
+    """A reply as a record, verdict to come."""
     return {
         **_case_fields(target, case, judge=None),
         "prefill": prefill or None,
-        "output": result.text,
+        "output": output,
         "verdict": None,
-        "finish": result.finish,
-        "guard": guard_record(result, bool(backend.head.names)),
+        "finish": finish,
+        "guard": guard,
         "sampling": dataclasses.asdict(sampling),
     }
+
+
+def batch_generations(
+    target: str, cases: Sequence[Case], index: int, backend: GuardBackend, base: Sampling
+) -> dict[int, dict]:
+    """The reply records of every generated case in the REPLY_BATCH cases that hold cases[index]
+    (decoded whole, so a resumed run rounds as an uninterrupted one), by case index: what
+    generate gives with the guard off (the forced start counted against max_tokens, the end of
+    turn left out, finish "eos" or "length"), decoded side by side by GuardBackend.replies."""
+    first = index - index % REPLY_BATCH
+    last = min(first + REPLY_BATCH, len(cases))
+    batch = [i for i in range(first, last) if cases[i].metric != TASK]
+    starts, prompts, samplings, budgets = {}, [], [], []
+    for i in batch:
+        sampling = _sampling(base, cases[i], i, backend)
+        prefill = forced_start(backend, cases[i])
+        prompt, forced = chat_tokens(backend, prompt_messages(cases[i].text, prefill))
+        starts[i] = (prefill, forced, sampling)
+        budgets.append(max(sampling.max_tokens - len(forced), 0))
+        prompts.append(prompt + forced)
+        samplings.append(dataclasses.replace(sampling, max_tokens=max(budgets[-1], 1)))
+    replies = backend.replies(prompts, samplings)
+    made = {}
+    for i, budget, tokens in zip(batch, budgets, replies, strict=True):
+        prefill, forced, sampling = starts[i]
+        tokens = (forced + tokens[:budget])[: sampling.max_tokens]
+        finish = "length" if len(tokens) >= sampling.max_tokens else "eos"
+        text = backend.decode(tokens)
+        made[i] = reply_record(target, cases[i], prefill, text, finish, None, sampling)
+    return made
 
 
 def write_verdicts(
@@ -281,10 +334,16 @@ def reply(
     """(the forced reply start, the guarded result) of one case: the first prefill_tokens
     tokens of prefill_text by the target's tokenizer, or all of it when prefill_tokens is 0
     (the long prefill, already cut by the complier's)."""
-    prefill = case.prefill_text
-    if case.prefill_tokens:
-        prefill = backend.decode(backend.encode_text(case.prefill_text)[: case.prefill_tokens])
+    prefill = forced_start(backend, case)
     return prefill, generate(backend, prompt_messages(case.text, prefill), settings, sampling)
+
+
+def forced_start(backend: GuardBackend, case: Case) -> str:
+    """The reply start a case forces: the first prefill_tokens tokens of prefill_text by the
+    target's tokenizer, or all of it when prefill_tokens is 0."""
+    if case.prefill_tokens:
+        return backend.decode(backend.encode_text(case.prefill_text)[: case.prefill_tokens])
+    return case.prefill_text
 
 
 def judged_text(case: Case, prefill: str, output: str) -> str:
